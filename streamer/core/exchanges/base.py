@@ -1,0 +1,77 @@
+"""What every exchange module provides: pure protocol knowledge, no sockets.
+
+The I/O shells (``streamer.io.feed``, ``streamer.io.backfill``) only shuttle bytes; everything
+an exchange's wire format decides lives behind this interface and is tested without a network.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from streamer.core.types import Bar, Trade
+
+
+class FrameError(ValueError):
+    """A frame that cannot be used. ``reason`` is a short, bounded label for metrics."""
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+        self.detail = detail
+
+
+@dataclass(frozen=True, slots=True)
+class RestRequest:
+    """One REST page to fetch: ``GET {base_url}{path}?{params}``."""
+
+    path: str
+    params: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionPlan:
+    """One WebSocket connection: where to connect and what to send once connected."""
+
+    url: str
+    symbols: tuple[str, ...]
+    subscribe: tuple[str, ...] = ()
+
+
+class Exchange(Protocol):
+    """Protocol knowledge of one exchange. Implementations are stateless and thread-safe."""
+
+    name: str
+    default_ws_url: str
+    default_rest_url: str
+    # streams per WebSocket connection before the feed opens another one
+    max_streams_per_connection: int
+    # reconnect before the exchange cuts the connection (Binance: 24 h); None = no limit
+    max_connection_age_s: float | None
+    # new connection attempts allowed per second (exchange limit, enforced by the feed)
+    connect_attempts_per_s: float
+    # bars per REST page and minimum spacing between REST requests
+    max_bars_per_request: int
+    min_request_interval_s: float
+
+    def connections(
+        self, ws_url: str, symbols: list[str], channels: list[str]
+    ) -> list[ConnectionPlan]:
+        """Split the subscription over as many connections as the per-connection limit needs."""
+        ...
+
+    def parse(self, raw: bytes | str) -> list[Trade | Bar]:
+        """Parse one WebSocket frame.
+
+        Returns trades (and, for kline channels, closed bars). Heartbeats, acknowledgements and
+        other channels return ``[]``. Malformed or invalid frames raise ``FrameError``.
+        """
+        ...
+
+    def bars_request(self, symbol: str, start_ms: int, end_ms: int) -> RestRequest:
+        """The REST page of 1-minute bars opening in ``[start_ms, end_ms)``, first page only."""
+        ...
+
+    def parse_bars(self, symbol: str, raw: bytes) -> list[Bar]:
+        """Parse a REST bars response into bars sorted by open time."""
+        ...
