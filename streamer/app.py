@@ -1,0 +1,307 @@
+"""Composition root: settings in, named tasks in one TaskGroup, ordered shutdown.
+
+Data path: feeds -> aggregators -> closed bars -> in-memory windows + buffered Redis writer.
+Gaps (disconnects, start-up) are repaired from the exchange's REST API once their minutes close.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+
+import aiohttp
+
+from streamer import __version__
+from streamer.core.bars import BarAggregator
+from streamer.core.exchanges import get_exchange
+from streamer.core.types import MINUTE_MS, Bar, floor_minute
+from streamer.core.windows import Windows
+from streamer.io.backfill import BackfillError, RestBackfill
+from streamer.io.feed import Feed, FeedOptions, Gap
+from streamer.io.metrics import Metrics, OpsServer
+from streamer.io.store import BarStore, BufferedBarWriter, MemoryBarStore, RedisBarStore
+from streamer.settings import Settings
+
+log = logging.getLogger(__name__)
+
+Clock = Callable[[], int]
+SHUTDOWN_TIMEOUT_S = 10.0
+GAP_QUEUE_MAX = 1000
+REPAIR_RETRY_S = 5.0
+# the trade channel of each exchange (Binance's are configurable)
+TRADE_CHANNELS = {"binance": ("trade",), "coinbase": ("matches",), "kraken": ("trade",)}
+
+
+def wall_clock_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+class Streamer:
+    """The streamer daemon. ``run()`` until ``request_stop()``; then it stops in order."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        clock: Clock | None = None,
+        store: BarStore | None = None,
+    ) -> None:
+        self.settings = settings
+        self.metrics = Metrics()
+        self.metrics.info.labels(__version__).set(1)
+        self.windows = Windows(settings.window_cap)
+        if store is None:
+            store = (
+                RedisBarStore.from_url(settings.redis_url, cap=settings.window_cap)
+                if settings.redis_url
+                else MemoryBarStore(cap=settings.window_cap)
+            )
+        self.store = store
+        self.writer = BufferedBarWriter(store, max_bars=settings.redis_buffer_max_bars)
+        self.writer.on_write_latency = self.metrics.redis_write_seconds.observe
+        self.metrics.writer = self.writer
+        self.aggregators: dict[str, BarAggregator] = {}
+        self.feeds: dict[str, Feed] = {}
+        self._clock_source = clock
+        self._gaps: asyncio.Queue[Gap] = asyncio.Queue(GAP_QUEUE_MAX)
+        self.gaps_dropped = 0
+        self.gaps_repaired = 0
+        self._stop = asyncio.Event()
+        self._session: aiohttp.ClientSession | None = None
+        self.backfills: dict[str, RestBackfill] = {}
+        self.ops = OpsServer(
+            self.metrics,
+            settings.metrics_host,
+            settings.metrics_port,
+            {"feeds": self._feeds_connected, "store": lambda: self.writer.connected},
+        )
+        self.started = asyncio.Event()
+        self.bar_listeners: list[Callable[[list[Bar]], None]] = []
+
+    # ---- clock ------------------------------------------------------------------------------
+
+    def clock(self) -> int:
+        """Exchange-time "now" that closes quiet minutes; 0 means unknown (watermark mode)."""
+        if self._clock_source is not None:
+            return self._clock_source()
+        if self.settings.clock == "wall":
+            return wall_clock_ms()
+        return 0
+
+    def _feeds_connected(self) -> bool:
+        return bool(self.feeds) and all(f.connected for f in self.feeds.values())
+
+    # ---- lifecycle --------------------------------------------------------------------------
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    async def run(self) -> None:
+        timeout = aiohttp.ClientTimeout(total=30)
+        async with aiohttp.ClientSession(timeout=timeout) as session:
+            self._session = session
+            await self.ops.start()
+            try:
+                await self._restore()
+                self._build_feeds()
+                await self._serve()
+            finally:
+                await self.ops.stop()
+                await self.store.close()
+
+    async def _serve(self) -> None:
+        async with asyncio.TaskGroup() as tg:
+            writer_task = tg.create_task(self.writer.run(), name="redis-writer")
+            feed_tasks = [
+                tg.create_task(feed.run(), name=f"feed-{name}") for name, feed in self.feeds.items()
+            ]
+            background = [
+                tg.create_task(self._tick(), name="bar-clock"),
+                tg.create_task(self._repair_gaps(), name="gap-repair"),
+            ]
+            self.started.set()
+            log.info("streamer started", extra={"feeds": list(self.feeds)})
+            await self._stop.wait()
+            log.info("streamer stopping")
+            # 1. stop the feeds, 2. close and store the partial bars, 3. drain the writer
+            for feed in self.feeds.values():
+                feed.stop()
+            await asyncio.wait(feed_tasks, timeout=SHUTDOWN_TIMEOUT_S)
+            for task in background:
+                task.cancel()
+            partial: list[Bar] = []
+            for agg in self.aggregators.values():
+                partial.extend(agg.flush())
+            if partial:
+                self._on_bars(partial)
+            await self.writer.flush(SHUTDOWN_TIMEOUT_S)
+            writer_task.cancel()
+            for task in feed_tasks:
+                task.cancel()
+        log.info("streamer stopped")
+
+    # ---- start-up ---------------------------------------------------------------------------
+
+    async def _restore(self) -> None:
+        """Windows from the store, then the gap to now from REST, then seed the aggregators."""
+        now = self.clock()
+        for exchange_name, symbols in self.settings.feeds().items():
+            exchange = get_exchange(exchange_name)
+            assert self._session is not None
+            backfill = RestBackfill(
+                exchange, self.settings.rest_url(exchange_name), self._session, self.metrics
+            )
+            self.backfills[exchange_name] = backfill
+            agg = BarAggregator(
+                exchange_name,
+                grace_ms=self.settings.grace_ms,
+                future_tolerance_ms=self.settings.future_tolerance_ms,
+            )
+            self.aggregators[exchange_name] = agg
+            for symbol in symbols:
+                try:
+                    stored = await self.store.load(exchange_name, symbol, self.settings.window_cap)
+                except Exception as exc:  # a down Redis must not stop start-up
+                    log.warning(
+                        "cannot restore window", extra={"symbol": symbol, "error": repr(exc)[:200]}
+                    )
+                    stored = []
+                self.windows.apply(stored)
+                if now > 0:
+                    await self._startup_backfill(backfill, symbol, stored, now)
+                last = self.windows.last((exchange_name, symbol))
+                if last is not None:
+                    agg.seed(last)
+
+    async def _startup_backfill(
+        self, backfill: RestBackfill, symbol: str, stored: list[Bar], now: int
+    ) -> None:
+        end = floor_minute(now)  # every closed minute; the current one is the feed's
+        earliest = end - self.settings.backfill_max_minutes * MINUTE_MS
+        incomplete = [b.open_time_ms for b in stored if not b.complete]
+        if incomplete:
+            start = min(incomplete)
+        elif stored:
+            start = stored[-1].close_time_ms
+        else:
+            start = earliest
+        start = max(start, earliest)
+        if start >= end:
+            return
+        try:
+            bars = await backfill.fetch(symbol, start, end)
+        except BackfillError as exc:
+            log.warning("start-up backfill failed", extra={"symbol": symbol, "error": str(exc)})
+            return
+        await self._apply_repair(bars)
+
+    def _build_feeds(self) -> None:
+        s = self.settings
+        options = FeedOptions(
+            stale_after_s=s.stale_feed_s,
+            reconnect_initial_s=s.reconnect_initial_s,
+            reconnect_max_s=s.reconnect_max_s,
+            max_frame_bytes=s.max_frame_bytes,
+            rotate_margin_s=s.rotate_margin_s,
+        )
+        now = self.clock()
+        for exchange_name, symbols in s.feeds().items():
+            channels = list(s.binance_channels) if exchange_name == "binance" else None
+            channels = channels or list(TRADE_CHANNELS[exchange_name])
+            self.feeds[exchange_name] = Feed(
+                get_exchange(exchange_name),
+                symbols,
+                channels,
+                s.ws_url(exchange_name),
+                self.aggregators[exchange_name],
+                self.metrics.add_feed(exchange_name),
+                self.clock,
+                on_bars=self._on_bars,
+                on_gap=self._on_gap,
+                on_kline=self._on_kline_bar(exchange_name, channels),
+                options=options,
+                # the current minute began before we connected: it is a gap until backfilled
+                gap_start_ms=floor_minute(now) if now > 0 else None,
+            )
+
+    # ---- bars -------------------------------------------------------------------------------
+
+    def _on_bars(self, bars: list[Bar]) -> None:
+        self.windows.apply(bars)
+        self.writer.submit(bars)
+        for listener in self.bar_listeners:
+            listener(bars)
+
+    def _on_kline_bar(
+        self, exchange_name: str, channels: list[str]
+    ) -> Callable[[Bar], None] | None:
+        """With only kline_1m subscribed, exchange klines are the bars; with trades, a check."""
+        if "kline_1m" not in channels:
+            return None
+        if channels == ["kline_1m"]:
+            return lambda bar: self._on_bars([bar])
+
+        def crosscheck(bar: Bar) -> None:
+            ours = self.windows.last(bar.key)
+            if ours is None or ours.open_time_ms != bar.open_time_ms or not ours.complete:
+                return
+            same = (ours.open, ours.high, ours.low, ours.close, ours.trades) == (
+                bar.open, bar.high, bar.low, bar.close, bar.trades
+            ) and abs(ours.volume - bar.volume) <= 1e-9 * max(1.0, bar.volume)
+            result = "match" if same else "mismatch"
+            self.metrics.kline_crosscheck.labels(exchange_name, result).inc()
+
+        return crosscheck
+
+    async def _tick(self) -> None:
+        """Close minutes by the clock, so that quiet markets still close bars."""
+        while True:
+            for feed in self.feeds.values():
+                feed.on_clock()
+            await asyncio.sleep(self.settings.tick_interval_s)
+
+    # ---- gaps -------------------------------------------------------------------------------
+
+    def _on_gap(self, gap: Gap) -> None:
+        try:
+            self._gaps.put_nowait(gap)
+        except asyncio.QueueFull:
+            self.gaps_dropped += 1
+            log.error("gap queue full, gap not repaired", extra={"gap": repr(gap)})
+
+    async def _repair_gaps(self) -> None:
+        """Backfill each gap once its last minute has closed; retry while REST fails."""
+        while True:
+            gap = await self._gaps.get()
+            end = floor_minute(gap.end_ms) + MINUTE_MS  # the gap's last minute, exclusive
+            while self.clock() and self.clock() < end + self.settings.grace_ms:
+                await asyncio.sleep(self.settings.tick_interval_s)
+            backfill = self.backfills[gap.exchange]
+            for symbol in gap.symbols:
+                while True:
+                    try:
+                        bars = await backfill.fetch(symbol, floor_minute(gap.start_ms), end)
+                        await self._apply_repair(bars)
+                        break
+                    except (BackfillError, OSError, ConnectionError) as exc:
+                        log.warning(
+                            "gap repair failed, retrying",
+                            extra={"symbol": symbol, "error": str(exc)[:200]},
+                        )
+                        await asyncio.sleep(REPAIR_RETRY_S)
+            self.gaps_repaired += 1
+            log.info(
+                "gap repaired",
+                extra={"exchange": gap.exchange, "start_ms": gap.start_ms, "end_ms": gap.end_ms},
+            )
+
+    async def _apply_repair(self, bars: list[Bar]) -> None:
+        """Backfilled bars replace the window's (incomplete) ones; Redis gets them in order."""
+        if not bars:
+            return
+        self.windows.apply(bars)
+        self.writer.submit_repair(bars)
+        for listener in self.bar_listeners:
+            listener(bars)

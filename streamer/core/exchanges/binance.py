@@ -1,0 +1,338 @@
+"""Binance spot: ``<symbol>@trade``, ``<symbol>@aggTrade`` and ``<symbol>@kline_1m`` streams.
+
+A real combined-stream frame (recorded on Binance.US, same protocol as binance.com; from
+cryptofeed's capture in ``../shared/data/ws_messages/cryptofeed/binance_us.jsonl.gz``)::
+
+    {"stream":"omgbusd@aggTrade","data":{"e":"aggTrade","E":1633998288468,"s":"OMGBUSD",
+     "a":425085,"p":"13.80480000","q":"2.10000000","f":439577,"l":439577,"T":1633998288467,
+     "m":false,"M":true}}
+
+``m`` is "the buyer is the maker", so ``m: true`` means the aggressor sold. Event time is the
+trade time ``T``, never ``E`` (the time Binance sent the message).
+
+Connections go to ``{ws_url}/stream`` (combined streams) and subscribe with SUBSCRIBE messages
+of at most 200 streams each. Binance limits (web-socket-streams.md): 1024 streams per
+connection, 5 incoming messages per second per connection (so the feed must space the
+SUBSCRIBE messages at least 0.2 s apart), 300 connection attempts per 5 minutes per IP, and
+every connection is cut at 24 hours.
+
+Parsing is the hot path (500,000 trades/s with aggregation on one core), so frames are decoded
+by msgspec straight into typed structs: combined frames in one pass (wrapper plus tagged event
+union), raw frames in one pass. Anything that does not fit those types (acks, errors, other
+channels, malformed input) falls back to a slower generic decode that classifies it.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from typing import Annotated, Any, Final
+
+import msgspec
+
+from streamer.core.exchanges.base import ConnectionPlan, FrameError, RestRequest
+from streamer.core.types import MINUTE_MS, Bar, Side, Trade
+
+__all__ = ["BINANCE", "BinanceSpot"]
+
+_NAME: Final = "binance"
+_CHANNELS: Final = ("trade", "aggTrade", "kline_1m")
+_STREAMS_PER_SUBSCRIBE: Final = 200
+_INF: Final = math.inf
+_DETAIL_MAX: Final = 200
+_INT64_MAX: Final = 2**63 - 1
+
+# Validation lives in the types, so msgspec checks it in C while decoding: prices and
+# quantities finite and > 0 (NaN and inf fail these bounds), ids >= 0, times > 0.
+_Id = Annotated[int, msgspec.Meta(ge=0, le=_INT64_MAX)]
+_Time = Annotated[int, msgspec.Meta(gt=0, le=_INT64_MAX)]
+_Symbol = Annotated[str, msgspec.Meta(min_length=1)]
+_Positive = Annotated[float, msgspec.Meta(gt=0.0, le=sys.float_info.max)]
+_NonNegative = Annotated[float, msgspec.Meta(ge=0.0, le=sys.float_info.max)]
+
+
+class _TradeEvent(msgspec.Struct, tag_field="e", tag="trade", gc=False):
+    symbol: _Symbol = msgspec.field(name="s")
+    trade_id: _Id = msgspec.field(name="t")
+    price: _Positive = msgspec.field(name="p")
+    qty: _Positive = msgspec.field(name="q")
+    trade_time: _Time = msgspec.field(name="T")
+    buyer_is_maker: bool = msgspec.field(name="m")
+
+
+class _AggTradeEvent(msgspec.Struct, tag_field="e", tag="aggTrade", gc=False):
+    symbol: _Symbol = msgspec.field(name="s")
+    trade_id: _Id = msgspec.field(name="a")  # the aggregate trade id
+    price: _Positive = msgspec.field(name="p")
+    qty: _Positive = msgspec.field(name="q")
+    trade_time: _Time = msgspec.field(name="T")
+    buyer_is_maker: bool = msgspec.field(name="m")
+
+
+class _Kline(msgspec.Struct, gc=False):
+    open_time: _Time = msgspec.field(name="t")
+    interval: str = msgspec.field(name="i")
+    open: _Positive = msgspec.field(name="o")
+    high: _Positive = msgspec.field(name="h")
+    low: _Positive = msgspec.field(name="l")
+    close: _Positive = msgspec.field(name="c")
+    volume: _NonNegative = msgspec.field(name="v")
+    trades: Annotated[int, msgspec.Meta(ge=0, le=_INT64_MAX)] = msgspec.field(name="n")
+    closed: bool = msgspec.field(name="x")
+
+
+class _KlineEvent(msgspec.Struct, tag_field="e", tag="kline", gc=False):
+    symbol: _Symbol = msgspec.field(name="s")
+    kline: _Kline = msgspec.field(name="k")
+
+
+_Event = _TradeEvent | _AggTradeEvent | _KlineEvent
+
+
+class _Combined(msgspec.Struct, gc=False):
+    stream: str
+    data: _Event
+
+
+# strict=False lets msgspec turn Binance's decimal strings ("13.80480000") into floats in C.
+_RAW_DECODER: Final = msgspec.json.Decoder(_Event, strict=False)
+_COMBINED_DECODER: Final = msgspec.json.Decoder(_Combined, strict=False)
+_ANY_DECODER: Final = msgspec.json.Decoder()
+_EVENT_TYPES: Final[dict[str, type[_TradeEvent | _AggTradeEvent | _KlineEvent]]] = {
+    "trade": _TradeEvent,
+    "aggTrade": _AggTradeEvent,
+    "kline": _KlineEvent,
+}
+_COMBINED_HINT: Final = frozenset((ord("s"), "s"))
+
+
+def _bounded(text: str) -> str:
+    return text if len(text) <= _DETAIL_MAX else text[: _DETAIL_MAX - 3] + "..."
+
+
+def _decode_any(raw: bytes | str) -> Any:
+    """Generic decode; input that is not JSON at all (bad UTF-8, absurd nesting) included."""
+    try:
+        return _ANY_DECODER.decode(raw)
+    except (msgspec.DecodeError, RecursionError, UnicodeError) as exc:
+        raise FrameError("malformed_json", _bounded(str(exc))) from None
+
+
+def _reason(error: msgspec.ValidationError) -> str:
+    """Map a msgspec validation message onto the bounded reason labels used in metrics."""
+    message = str(error)
+    if "missing required field" in message:
+        return "missing_field"
+    if message.startswith(("Invalid enum value", "Number out of range")) or (
+        message.startswith("Expected `") and any(op in message for op in (">", "<", "length"))
+    ):
+        return "bad_value"
+    return "bad_type"
+
+
+class BinanceSpot:
+    """Binance spot protocol knowledge; stateless, so one shared instance serves every feed."""
+
+    name: str = _NAME
+    default_ws_url: str = "wss://stream.binance.com:9443"
+    default_rest_url: str = "https://api.binance.com"
+    max_streams_per_connection: int = 1024
+    max_connection_age_s: float | None = 86400.0
+    # Binance allows 300 attempts per 5 minutes per IP (1/s); stay at half of that.
+    connect_attempts_per_s: float = 0.5
+    max_bars_per_request: int = 1000
+    # /api/v3/klines weighs 2 of the 6000 request weight per minute per IP: 10 req/s uses 20 %.
+    min_request_interval_s: float = 0.1
+
+    def connections(
+        self, ws_url: str, symbols: list[str], channels: list[str]
+    ) -> list[ConnectionPlan]:
+        """One combined-stream connection per ``1024 // len(channels)`` symbols.
+
+        All channels of a symbol stay on the same connection, so a reconnect never leaves a
+        symbol half subscribed.
+        """
+        if not channels:
+            raise ValueError("binance: no channels given")
+        for channel in channels:
+            if channel not in _CHANNELS:
+                raise ValueError(f"binance: unknown channel {channel!r}; known: {_CHANNELS}")
+        for symbol in symbols:
+            if not symbol or not symbol.isalnum() or not symbol.isascii():
+                raise ValueError(f"binance: bad symbol {symbol!r} (expected e.g. 'BTCUSDT')")
+        url = ws_url.rstrip("/") + "/stream"
+        per_connection = max(1, self.max_streams_per_connection // len(channels))
+        plans: list[ConnectionPlan] = []
+        for first in range(0, len(symbols), per_connection):
+            chunk = symbols[first : first + per_connection]
+            streams = [f"{symbol.lower()}@{channel}" for symbol in chunk for channel in channels]
+            messages = tuple(
+                msgspec.json.encode(
+                    {
+                        "method": "SUBSCRIBE",
+                        "params": streams[i : i + _STREAMS_PER_SUBSCRIBE],
+                        "id": 1 + i // _STREAMS_PER_SUBSCRIBE,
+                    }
+                ).decode()
+                for i in range(0, len(streams), _STREAMS_PER_SUBSCRIBE)
+            )
+            plans.append(ConnectionPlan(url=url, symbols=tuple(chunk), subscribe=messages))
+        return plans
+
+    def parse(self, raw: bytes | str) -> list[Trade | Bar]:
+        """Parse one raw-stream or combined-stream frame.
+
+        Acks (``{"result":null,"id":1}``) and other channels give ``[]``; error frames
+        (``{"code":2,"msg":...}``) raise ``FrameError("exchange_error")``.
+        """
+        try:
+            # A cheap hint, not a decision: '{"stream":...' has 's' at index 2. A frame that
+            # takes the wrong branch fails to decode and the slow path classifies it.
+            if raw[2] in _COMBINED_HINT:
+                event = _COMBINED_DECODER.decode(raw).data
+            else:
+                event = _RAW_DECODER.decode(raw)
+        except Exception:  # the slow path classifies every failure
+            return self._parse_slow(raw)
+        # Inlined rather than shared with _records(): this is the hot path.
+        if isinstance(event, _KlineEvent):
+            return _kline_bar(event)
+        return [
+            Trade(
+                _NAME,
+                event.symbol,
+                event.trade_id,
+                event.trade_time,
+                event.price,
+                event.qty,
+                "sell" if event.buyer_is_maker else "buy",
+            )
+        ]
+
+    def _parse_slow(self, raw: bytes | str) -> list[Trade | Bar]:
+        """Classify a frame that is not a well-formed trade/aggTrade/kline event."""
+        frame = _decode_any(raw)
+        if isinstance(frame, list):
+            return []  # array streams such as !ticker@arr
+        if not isinstance(frame, dict):
+            raise FrameError("bad_type", f"top-level JSON {type(frame).__name__}, not an object")
+        if "code" in frame and "msg" in frame:
+            raise FrameError("exchange_error", _bounded(f"code {frame['code']}: {frame['msg']}"))
+        event: Any = frame.get("data", frame) if "stream" in frame else frame
+        if not isinstance(event, dict):
+            return []
+        tag = event.get("e")
+        event_type = _EVENT_TYPES.get(tag) if isinstance(tag, str) else None
+        if event_type is None:
+            return []  # ack, depth, bookTicker, ticker...: not ours
+        try:
+            typed = msgspec.convert(event, event_type, strict=False)
+        except msgspec.ValidationError as exc:
+            raise FrameError(_reason(exc), _bounded(str(exc))) from None
+        return _records(typed)
+
+    def bars_request(self, symbol: str, start_ms: int, end_ms: int) -> RestRequest:
+        """``GET /api/v3/klines``; Binance's ``endTime`` is inclusive, hence ``end_ms - 1``.
+
+        Binance returns the still-open minute too, so callers ask only for closed minutes.
+        """
+        if end_ms <= start_ms:
+            raise ValueError(f"empty range [{start_ms}, {end_ms})")
+        return RestRequest(
+            path="/api/v3/klines",
+            params={
+                "symbol": symbol,
+                "interval": "1m",
+                "startTime": str(start_ms),
+                "endTime": str(end_ms - 1),
+                "limit": str(self.max_bars_per_request),
+            },
+        )
+
+    def parse_bars(self, symbol: str, raw: bytes) -> list[Bar]:
+        """Parse ``/api/v3/klines`` rows ``[open time, o, h, l, c, volume, close time,
+        quote volume, trades, taker buy base, taker buy quote, ignore]``."""
+        rows = _decode_any(raw)
+        if isinstance(rows, dict) and "code" in rows:
+            raise FrameError("exchange_error", _bounded(f"code {rows['code']}: {rows.get('msg')}"))
+        if not isinstance(rows, list):
+            raise FrameError("bad_type", "klines response is not a list")
+        bars = [_rest_bar(symbol, row) for row in rows]
+        bars.sort(key=lambda bar: bar.open_time_ms)
+        return bars
+
+
+def _records(event: _TradeEvent | _AggTradeEvent | _KlineEvent) -> list[Trade | Bar]:
+    if isinstance(event, _KlineEvent):
+        return _kline_bar(event)
+    side: Side = "sell" if event.buyer_is_maker else "buy"
+    return [
+        Trade(_NAME, event.symbol, event.trade_id, event.trade_time, event.price, event.qty, side)
+    ]
+
+
+def _kline_bar(event: _KlineEvent) -> list[Trade | Bar]:
+    """A closed 1-minute kline as a Bar; klines still in progress (``x: false``) give ``[]``."""
+    k = event.kline
+    if not k.closed or k.interval != "1m":
+        return []
+    return [
+        _checked_bar(event.symbol, k.open_time, k.open, k.high, k.low, k.close, k.volume, k.trades)
+    ]
+
+
+def _checked_bar(
+    symbol: str,
+    open_time_ms: int,
+    open_: float,
+    high: float,
+    low: float,
+    close: float,
+    volume: float,
+    trades: int,
+) -> Bar:
+    if not 0 < open_time_ms <= _INT64_MAX or open_time_ms % MINUTE_MS:
+        raise FrameError("bad_value", f"bar open time {open_time_ms} is not a minute start")
+    if not all(0.0 < p < _INF for p in (open_, high, low, close)):
+        raise FrameError("bad_value", f"bar prices {(open_, high, low, close)} not finite > 0")
+    if not (high >= max(open_, close, low) and low <= min(open_, close)):
+        raise FrameError("bad_value", f"bar high/low inconsistent: {(open_, high, low, close)}")
+    if not (0.0 <= volume < _INF) or not 0 <= trades <= _INT64_MAX:
+        raise FrameError("bad_value", f"bar volume {volume!r} / trades {trades} invalid")
+    return Bar(_NAME, symbol, open_time_ms, open_, high, low, close, volume, trades)
+
+
+def _number(value: object, what: str) -> float:
+    """A kline cell: Binance sends decimals as strings; accept JSON numbers as well."""
+    if isinstance(value, bool) or not isinstance(value, str | int | float):
+        raise FrameError("bad_type", f"{what} is {type(value).__name__}, not a decimal string")
+    try:
+        return float(value)
+    except (ValueError, OverflowError):
+        raise FrameError("bad_value", f"{what} {value!r} is not a float") from None
+
+
+def _integer(value: object, what: str) -> int:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    raise FrameError("bad_type", f"{what} is {type(value).__name__}, not an integer")
+
+
+def _rest_bar(symbol: str, row: object) -> Bar:
+    if not isinstance(row, list):
+        raise FrameError("bad_type", "kline row is not an array")
+    if len(row) < 9:
+        raise FrameError("missing_field", f"kline row has {len(row)} columns, expected 12")
+    return _checked_bar(
+        symbol,
+        _integer(row[0], "open time"),
+        _number(row[1], "open"),
+        _number(row[2], "high"),
+        _number(row[3], "low"),
+        _number(row[4], "close"),
+        _number(row[5], "volume"),
+        _integer(row[8], "trade count"),
+    )
+
+
+BINANCE: Final = BinanceSpot()

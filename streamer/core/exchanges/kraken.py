@@ -1,0 +1,283 @@
+"""Kraken spot, WebSocket API v2: the ``trade`` channel of ``wss://ws.kraken.com/v2``.
+
+A sample of the current (v2) format, from Kraken's documentation
+(https://docs.kraken.com/api/docs/websocket-v2/trade; no v2 recording exists in this project)::
+
+    {"channel":"trade","type":"update","data":[{"symbol":"MATIC/USD","side":"sell",
+     "price":0.5117,"qty":40.0,"ord_type":"market","trade_id":4665906,
+     "timestamp":"2023-09-25T07:49:37.708706Z"}]}
+
+``side`` is the taker's side. Price and qty are JSON numbers (v1 sent strings); a string there
+is rejected as ``bad_type``. One frame may carry several trades: if any of them is invalid the
+whole frame is rejected, because a frame is the exchange's unit of delivery and a partly
+applied frame would hide the problem behind plausible-looking data. Snapshot frames (the last
+50 trades, only sent when asked for) are trades like updates; the aggregator drops the ones it
+has already seen by ``trade_id``.
+
+WebSocket v1 (``wss://ws.kraken.com``; the recording in ``../shared/data/ws_messages/cryptofeed/
+kraken_spot_trade.jsonl.gz``) sends data as arrays without trade ids, which cannot be
+de-duplicated. Its event objects (``heartbeat``, ``systemStatus``, ``subscriptionStatus``) are
+ignored; its data arrays raise ``FrameError("unsupported_protocol")``, so pointing the feed at
+the v1 URL shows up in the rejected-frames metric instead of as silently missing trades.
+
+Symbols: the wire form ``BTC/USD`` is ``BTC-USD`` in the project. REST ``/0/public/OHLC`` wants
+Kraken's pair name (the ``altname`` of ``/0/public/AssetPairs``), which still spells bitcoin
+``XBT`` and dogecoin ``XDG``: ``BTC-USD`` -> ``XBTUSD``.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Annotated, Any, Final, Literal
+
+import msgspec
+
+from streamer.core.exchanges.base import ConnectionPlan, FrameError, RestRequest
+from streamer.core.exchanges.coinbase import iso8601_to_ms
+from streamer.core.types import MINUTE_MS, Bar, Trade
+
+__all__ = ["KRAKEN", "KrakenSpot", "rest_pair"]
+
+_NAME: Final = "kraken"
+_CHANNELS: Final = ("trade",)
+_DETAIL_MAX: Final = 200
+_INT64_MAX: Final = 2**63 - 1
+# REST pair names keep Kraken's legacy asset codes; WebSocket v2 uses the common ones.
+_REST_ASSET: Final = {"BTC": "XBT", "DOGE": "XDG"}
+
+_Id = Annotated[int, msgspec.Meta(ge=0, le=_INT64_MAX)]
+_Symbol = Annotated[str, msgspec.Meta(min_length=1)]
+_Positive = Annotated[float, msgspec.Meta(gt=0.0, le=sys.float_info.max)]
+
+
+class _Trade(msgspec.Struct, gc=False):
+    symbol: _Symbol
+    side: Literal["buy", "sell"]
+    price: _Positive
+    qty: _Positive
+    trade_id: _Id
+    timestamp: str
+
+
+class _TradeMessage(msgspec.Struct, tag_field="channel", tag="trade", gc=False):
+    data: list[_Trade]
+
+
+class _Heartbeat(msgspec.Struct, tag_field="channel", tag="heartbeat", gc=False):
+    pass
+
+
+class _Status(msgspec.Struct, tag_field="channel", tag="status", gc=False):
+    pass
+
+
+# strict (the default): v2 prices are JSON numbers, and a string is a protocol error.
+_DECODER: Final = msgspec.json.Decoder(_TradeMessage | _Heartbeat | _Status)
+_ANY_DECODER: Final = msgspec.json.Decoder()
+
+
+def rest_pair(symbol: str) -> str:
+    """``BTC-USD`` -> ``XBTUSD``: the pair name Kraken's REST API accepts."""
+    base, _, quote = symbol.partition("-")
+    return _REST_ASSET.get(base, base) + _REST_ASSET.get(quote, quote)
+
+
+def _bounded(text: str) -> str:
+    return text if len(text) <= _DETAIL_MAX else text[: _DETAIL_MAX - 3] + "..."
+
+
+def _decode_any(raw: bytes | str) -> Any:
+    """Generic decode; input that is not JSON at all (bad UTF-8, absurd nesting) included."""
+    try:
+        return _ANY_DECODER.decode(raw)
+    except (msgspec.DecodeError, RecursionError, UnicodeError) as exc:
+        raise FrameError("malformed_json", _bounded(str(exc))) from None
+
+
+def _reason(error: msgspec.ValidationError) -> str:
+    message = str(error)
+    if "missing required field" in message:
+        return "missing_field"
+    if message.startswith(("Invalid enum value", "Number out of range")) or (
+        message.startswith("Expected `") and any(op in message for op in (">", "<", "length"))
+    ):
+        return "bad_value"
+    return "bad_type"
+
+
+class KrakenSpot:
+    """Kraken spot WebSocket v2 and REST protocol knowledge; stateless and shared."""
+
+    name: str = _NAME
+    default_ws_url: str = "wss://ws.kraken.com/v2"
+    default_rest_url: str = "https://api.kraken.com"
+    # Kraken documents no per-connection symbol cap; a modest one keeps a reconnect cheap.
+    max_streams_per_connection: int = 100
+    max_connection_age_s: float | None = None
+    # No published figure; Cloudflare in front of Kraken throttles reconnect storms.
+    connect_attempts_per_s: float = 0.5
+    # OHLC returns at most the 720 most recent entries (12 h of minutes), whatever ``since``.
+    max_bars_per_request: int = 720
+    # Public REST endpoints are throttled per IP at about one call per second.
+    min_request_interval_s: float = 1.0
+
+    def connections(
+        self, ws_url: str, symbols: list[str], channels: list[str]
+    ) -> list[ConnectionPlan]:
+        """One subscribe message per channel and connection, ``BTC-USD`` sent as ``BTC/USD``."""
+        if not channels:
+            raise ValueError("kraken: no channels given")
+        for channel in channels:
+            if channel not in _CHANNELS:
+                raise ValueError(f"kraken: unknown channel {channel!r}; known: {_CHANNELS}")
+        for symbol in symbols:
+            if symbol.count("-") != 1 or not symbol.isascii() or symbol != symbol.upper():
+                raise ValueError(f"kraken: bad symbol {symbol!r} (expected e.g. 'BTC-USD')")
+        per_connection = max(1, self.max_streams_per_connection // len(channels))
+        plans: list[ConnectionPlan] = []
+        for first in range(0, len(symbols), per_connection):
+            chunk = symbols[first : first + per_connection]
+            wire = [symbol.replace("-", "/") for symbol in chunk]
+            messages = tuple(
+                msgspec.json.encode(
+                    {
+                        "method": "subscribe",
+                        "params": {"channel": channel, "symbol": wire, "snapshot": False},
+                    }
+                ).decode()
+                for channel in channels
+            )
+            plans.append(ConnectionPlan(url=ws_url, symbols=tuple(chunk), subscribe=messages))
+        return plans
+
+    def parse(self, raw: bytes | str) -> list[Trade | Bar]:
+        """Trade frames give their trades; heartbeat, status, acks and other channels ``[]``.
+
+        A failed request (``"success": false``, e.g. an unknown pair) raises
+        ``FrameError("exchange_error")`` so that a bad subscription is counted, not silent.
+        """
+        try:
+            message = _DECODER.decode(raw)
+        except Exception:  # the slow path classifies every failure
+            return self._parse_slow(raw)
+        if type(message) is _TradeMessage:
+            return _trades(message)
+        return []
+
+    def _parse_slow(self, raw: bytes | str) -> list[Trade | Bar]:
+        frame = _decode_any(raw)
+        if isinstance(frame, list):
+            raise FrameError(
+                "unsupported_protocol",
+                _bounded(f"Kraken WebSocket v1 data array ({frame[-2:]!r}); this parser is v2"),
+            )
+        if not isinstance(frame, dict):
+            raise FrameError("bad_type", f"top-level JSON {type(frame).__name__}, not an object")
+        if "method" in frame:  # v2 acknowledgement of subscribe, unsubscribe, ping...
+            if frame.get("success") is False:
+                raise FrameError("exchange_error", _bounded(str(frame.get("error"))))
+            return []
+        if frame.get("channel") != "trade":
+            return []  # v1 events, book, ticker, ... : not ours
+        try:
+            message = msgspec.convert(frame, _TradeMessage)
+        except msgspec.ValidationError as exc:
+            raise FrameError(_reason(exc), _bounded(str(exc))) from None
+        return _trades(message)
+
+    def bars_request(self, symbol: str, start_ms: int, end_ms: int) -> RestRequest:
+        """``GET /0/public/OHLC``; ``since`` is one second before ``start_ms``.
+
+        Kraken's ``since`` is a lower bound in seconds; one second before the start keeps the
+        first minute whether Kraken reads the bound as inclusive or exclusive. ``end_ms`` cannot
+        be sent: Kraken returns up to 720 entries, and callers keep only those before it.
+        """
+        if end_ms <= start_ms:
+            raise ValueError(f"empty range [{start_ms}, {end_ms})")
+        return RestRequest(
+            path="/0/public/OHLC",
+            params={"pair": rest_pair(symbol), "interval": "1", "since": str(start_ms // 1000 - 1)},
+        )
+
+    def parse_bars(self, symbol: str, raw: bytes) -> list[Bar]:
+        """OHLC rows ``[time, open, high, low, close, vwap, volume, count]`` -> closed bars.
+
+        Kraken always appends the current, not yet closed minute as the last row (its ``last``
+        field points at the row before it). That row would be a partial bar that later replaces
+        a complete one, so it is dropped.
+        """
+        response = _decode_any(raw)
+        if not isinstance(response, dict):
+            raise FrameError("bad_type", "OHLC response is not an object")
+        errors = response.get("error")
+        if errors:
+            raise FrameError("exchange_error", _bounded(str(errors)))
+        result = response.get("result")
+        if not isinstance(result, dict):
+            raise FrameError("missing_field", "OHLC response has no result object")
+        # Keyed by Kraken's internal pair name (XXBTZUSD for XBTUSD), next to "last".
+        tables = [rows for key, rows in result.items() if key != "last"]
+        if len(tables) != 1 or not isinstance(tables[0], list):
+            raise FrameError("bad_type", f"OHLC result holds {len(tables)} pair tables, expected 1")
+        bars = [_ohlc_bar(symbol, row) for row in tables[0][:-1]]
+        bars.sort(key=lambda bar: bar.open_time_ms)
+        return bars
+
+
+def _trades(message: _TradeMessage) -> list[Trade | Bar]:
+    trades: list[Trade | Bar] = []
+    for trade in message.data:
+        try:
+            ts_ms = iso8601_to_ms(trade.timestamp)
+        except (ValueError, OverflowError) as exc:
+            raise FrameError("bad_value", _bounded(str(exc))) from None
+        if not 0 < ts_ms <= _INT64_MAX:
+            raise FrameError("bad_value", f"timestamp {trade.timestamp!r} is not after 1970")
+        trades.append(
+            Trade(
+                _NAME,
+                trade.symbol.replace("/", "-"),
+                trade.trade_id,
+                ts_ms,
+                trade.price,
+                trade.qty,
+                trade.side,
+            )
+        )
+    return trades
+
+
+def _decimal(value: Any, what: str) -> float:
+    """An OHLC cell: Kraken sends decimals as strings."""
+    if isinstance(value, bool) or not isinstance(value, str | int | float):
+        raise FrameError("bad_type", f"OHLC {what} is {type(value).__name__}, not a decimal")
+    try:
+        return float(value)
+    except (ValueError, OverflowError):
+        raise FrameError("bad_value", f"OHLC {what} {value!r} is not a float") from None
+
+
+def _ohlc_bar(symbol: str, row: Any) -> Bar:
+    if not isinstance(row, list):
+        raise FrameError("bad_type", "OHLC row is not an array")
+    if len(row) < 8:
+        raise FrameError("missing_field", f"OHLC row has {len(row)} columns, expected 8")
+    time_s, count = row[0], row[7]
+    for value, what in ((time_s, "time"), (count, "count")):
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise FrameError("bad_type", f"OHLC {what} is {type(value).__name__}, not an integer")
+    open_, high, low, close = (_decimal(row[i], what) for i, what in enumerate("ohlc", start=1))
+    volume = _decimal(row[6], "volume")
+    open_time_ms = time_s * 1000
+    if not 0 < open_time_ms <= _INT64_MAX or open_time_ms % MINUTE_MS:
+        raise FrameError("bad_value", f"OHLC time {time_s} is not a minute start")
+    if not all(0.0 < price <= sys.float_info.max for price in (open_, high, low, close)):
+        raise FrameError("bad_value", f"OHLC prices {row[1:5]} not finite and > 0")
+    if not (high >= max(open_, close, low) and low <= min(open_, close)):
+        raise FrameError("bad_value", f"OHLC high/low inconsistent: {row[1:5]}")
+    if not (0.0 <= volume <= sys.float_info.max) or not 0 <= count <= _INT64_MAX:
+        raise FrameError("bad_value", f"OHLC volume {volume!r} / count {count} invalid")
+    return Bar(_NAME, symbol, open_time_ms, open_, high, low, close, volume, count)
+
+
+KRAKEN: Final = KrakenSpot()

@@ -1,0 +1,284 @@
+"""Exchange WebSocket feed: connect, subscribe, shuttle frames into the pure parser and aggregator.
+
+One ``Feed`` per exchange owns one task per connection (streams are split by the exchange's
+per-connection limit) plus a stale-feed watchdog. Each connection reconnects on its own with a
+capped, jittered backoff that resets once a connection delivers data; new attempts across the
+feed are spaced by the exchange's connection-rate limit; connections are rotated before the
+exchange's own cut (Binance: 24 h). Every disconnect is reported as a gap so that the minutes it
+overlaps come out incomplete and are backfilled over REST.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI, PayloadTooBig
+
+from streamer.core.backoff import Backoff
+from streamer.core.bars import BarAggregator
+from streamer.core.exchanges import ConnectionPlan, Exchange, FrameError
+from streamer.core.types import Bar, Trade
+from streamer.io.metrics import FeedStats
+
+log = logging.getLogger(__name__)
+
+Clock = Callable[[], int]
+SUBSCRIBE_SPACING_S = 0.25
+
+
+@dataclass(frozen=True, slots=True)
+class Gap:
+    """A stretch of exchange time when a connection received nothing; its bars need backfill."""
+
+    exchange: str
+    symbols: tuple[str, ...]
+    start_ms: int
+    end_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class FeedOptions:
+    stale_after_s: float = 30.0
+    reconnect_initial_s: float = 1.0
+    reconnect_max_s: float = 60.0
+    max_frame_bytes: int = 1 << 20
+    rotate_margin_s: float = 900.0
+    open_timeout_s: float = 10.0
+    ping_interval_s: float = 20.0
+
+
+class _Connection:
+    """State of one live WebSocket connection, shared with the watchdog."""
+
+    __slots__ = ("last_clock_ms", "last_message", "opened_at", "stale", "ws")
+
+    def __init__(self, ws: ClientConnection, clock_ms: int) -> None:
+        self.ws = ws
+        self.opened_at = time.monotonic()
+        self.last_message = self.opened_at
+        self.last_clock_ms = clock_ms  # injected-clock time of the last frame: where a gap starts
+        self.stale = False
+
+
+class Feed:
+    def __init__(
+        self,
+        exchange: Exchange,
+        symbols: list[str],
+        channels: list[str],
+        ws_url: str,
+        aggregator: BarAggregator,
+        stats: FeedStats,
+        clock: Clock,
+        on_bars: Callable[[list[Bar]], None],
+        on_gap: Callable[[Gap], None],
+        on_kline: Callable[[Bar], None] | None = None,
+        options: FeedOptions | None = None,
+        gap_start_ms: int | None = None,
+    ) -> None:
+        self.exchange = exchange
+        self.symbols = frozenset(symbols)
+        self.plans = exchange.connections(ws_url, symbols, channels)
+        self.aggregator = aggregator
+        self.stats = stats
+        self._clock = clock
+        self._on_bars = on_bars
+        self._on_gap = on_gap
+        self._on_kline = on_kline
+        self.options = options or FeedOptions()
+        self._live: dict[int, _Connection] = {}
+        self._next_connect_at = 0.0
+        self._connect_lock = asyncio.Lock()
+        self._logged_reasons: set[str] = set()
+        self._stopping = asyncio.Event()
+        # per plan: exchange time since which it has received nothing (None = not in a gap)
+        self._gap_start: dict[int, int | None] = {i: gap_start_ms for i in range(len(self.plans))}
+
+    def stop(self) -> None:
+        """Ask every connection to close; ``run`` returns once they have."""
+        self._stopping.set()
+        for conn in self._live.values():
+            if conn.ws.transport is not None:
+                conn.ws.transport.abort()
+
+    @property
+    def connected(self) -> bool:
+        return len(self._live) == len(self.plans)
+
+    async def run(self) -> None:
+        async with asyncio.TaskGroup() as tg:
+            for i, plan in enumerate(self.plans):
+                tg.create_task(self._run_connection(i, plan), name=f"feed-{self.exchange.name}-{i}")
+            tg.create_task(self._watchdog(), name=f"feed-{self.exchange.name}-watchdog")
+
+    # ---- the hot path -------------------------------------------------------------------------
+
+    def handle_frame(self, raw: bytes | str) -> None:
+        """Parse one frame and feed its trades to the aggregator. Never raises on bad input."""
+        try:
+            events = self.exchange.parse(raw)
+        except FrameError as exc:
+            self._reject(exc.reason, exc.detail or str(raw)[:200])
+            return
+        symbols = self.symbols
+        for event in events:
+            if type(event) is Trade:
+                if event.symbol not in symbols:
+                    self.stats.dropped["unknown_symbol"] += 1
+                    continue
+                closed = self.aggregator.add(event)
+                if closed:
+                    self._emit(closed)
+            elif isinstance(event, Bar) and self._on_kline is not None:
+                if event.symbol in symbols:
+                    self._on_kline(event)
+
+    def _reject(self, reason: str, sample: str) -> None:
+        self.stats.rejected[reason] += 1
+        if reason not in self._logged_reasons:  # once per kind, with a sample
+            self._logged_reasons.add(reason)
+            log.warning(
+                "frame rejected",
+                extra={"exchange": self.exchange.name, "reason": reason, "sample": sample[:200]},
+            )
+
+    def _emit(self, bars: list[Bar]) -> None:
+        for bar in bars:
+            if bar.complete:
+                self.stats.bars_complete += 1
+            else:
+                self.stats.bars_incomplete += 1
+        self._on_bars(bars)
+
+    def on_clock(self) -> None:
+        """Close minutes by the injected clock (quiet markets) and refresh the hot-path counts."""
+        now = self._clock()
+        if now > 0:
+            closed = self.aggregator.on_clock(now)
+            if closed:
+                self._emit(closed)
+        agg = self.aggregator
+        self.stats.trades = agg.accepted
+        self.stats.dropped["late"] = agg.late
+        self.stats.dropped["duplicate"] = agg.duplicates
+        self.stats.dropped["future"] = agg.future
+
+    # ---- connections --------------------------------------------------------------------------
+
+    async def _wait_connect_slot(self) -> None:
+        """Space connection attempts across the whole feed by the exchange's rate limit."""
+        async with self._connect_lock:
+            delay = self._next_connect_at - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            self._next_connect_at = time.monotonic() + 1.0 / self.exchange.connect_attempts_per_s
+
+    async def _run_connection(self, index: int, plan: ConnectionPlan) -> None:
+        opts = self.options
+        backoff = Backoff(opts.reconnect_initial_s, opts.reconnect_max_s)
+        name = self.exchange.name
+        while not self._stopping.is_set():
+            await self._wait_connect_slot()
+            cause = "error"
+            conn: _Connection | None = None
+            try:
+                async with connect(
+                    plan.url,
+                    max_size=opts.max_frame_bytes,
+                    open_timeout=opts.open_timeout_s,
+                    ping_interval=opts.ping_interval_s,
+                    ping_timeout=opts.ping_interval_s,
+                    compression=None,
+                    max_queue=64,
+                ) as ws:
+                    conn = _Connection(ws, self._clock())
+                    self._live[index] = conn
+                    self.stats.connections_open += 1
+                    try:
+                        for n, message in enumerate(plan.subscribe):
+                            if n:  # Binance takes at most 5 incoming messages/s per connection
+                                await asyncio.sleep(SUBSCRIBE_SPACING_S)
+                            await ws.send(message)
+                        log.info("feed connected", extra={"exchange": name, "connection": index})
+                        cause = await self._receive(index, conn, backoff)
+                    finally:
+                        self._live.pop(index, None)
+                        self.stats.connections_open -= 1
+            except PayloadTooBig:
+                self._reject("frame_too_large", f"> {opts.max_frame_bytes} bytes")
+                cause = "frame_too_large"
+            except ConnectionClosed:
+                cause = "stale" if conn is not None and conn.stale else "closed"
+            except (OSError, TimeoutError, InvalidHandshake, InvalidURI) as exc:
+                cause = "connect_failed"
+                log.warning(
+                    "feed connect failed",
+                    extra={"exchange": name, "connection": index, "error": repr(exc)[:200]},
+                )
+            if self._stopping.is_set():
+                return
+            if self._gap_start[index] is None:
+                last = conn.last_clock_ms if conn is not None else self._clock()
+                self._gap_start[index] = last or None
+            self.stats.reconnects[cause] += 1
+            delay = 0.0 if cause == "rotate" else backoff.next_delay()
+            log.warning(
+                "feed disconnected",
+                extra={"exchange": name, "connection": index, "cause": cause, "retry_in_s": delay},
+            )
+            if delay:
+                try:
+                    await asyncio.wait_for(self._stopping.wait(), delay)
+                except TimeoutError:
+                    pass
+
+    async def _receive(self, index: int, conn: _Connection, backoff: Backoff) -> str:
+        """Pump frames until the connection ends; returns why it ended."""
+        max_age = self.exchange.max_connection_age_s
+        rotate_after = None if max_age is None else max(max_age - self.options.rotate_margin_s, 1.0)
+        first = True
+        handle = self.handle_frame
+        clock = self._clock
+        async for raw in conn.ws:
+            now = time.monotonic()
+            conn.last_message = now
+            conn.last_clock_ms = clock()
+            self.stats.last_message_monotonic = now
+            if first:
+                first = False
+                backoff.reset()
+                self._close_gap(index)
+            handle(raw)
+            if rotate_after is not None and now - conn.opened_at > rotate_after:
+                return "rotate"
+        return "stale" if conn.stale else "closed"
+
+    def _close_gap(self, index: int) -> None:
+        start = self._gap_start[index]
+        self._gap_start[index] = None
+        end = self._clock()
+        if start is None or end <= 0 or end < start:
+            return
+        self.aggregator.mark_outage(start, end)
+        self._on_gap(Gap(self.exchange.name, self.plans[index].symbols, start, end))
+
+    async def _watchdog(self) -> None:
+        """Force a reconnect of any connection silent for longer than ``stale_after_s``."""
+        interval = min(self.options.stale_after_s / 4, 1.0)
+        while not self._stopping.is_set():
+            try:
+                await asyncio.wait_for(self._stopping.wait(), interval)
+            except TimeoutError:
+                pass
+            now = time.monotonic()
+            for conn in list(self._live.values()):
+                if not conn.stale and now - conn.last_message > self.options.stale_after_s:
+                    conn.stale = True
+                    log.warning("feed stale, reconnecting", extra={"exchange": self.exchange.name})
+                    if conn.ws.transport is not None:
+                        conn.ws.transport.abort()

@@ -1,0 +1,168 @@
+"""Streamer settings: parsed and validated once at start-up, frozen, then passed in.
+
+Sources, highest priority first: keyword arguments (tests, the demo), ``TICKCAST_*`` environment
+variables, then an optional TOML file (``TICKCAST_CONFIG`` or ``--config``). An unknown key in
+either place, or a bad value, stops start-up with a message that names the key.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+from streamer.core.exchanges import get_exchange, names
+
+ENV_PREFIX = "TICKCAST_"
+CONFIG_ENV = "TICKCAST_CONFIG"
+
+
+class SettingsError(ValueError):
+    """Start-up configuration is invalid; the message names the offending key."""
+
+
+def _split_csv(value: Any) -> Any:
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return value
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, extra="forbid", frozen=True, validate_default=True
+    )
+
+    # --- feeds ---
+    symbols: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["binance:BTCUSDT", "binance:ETHUSDT"],
+        description="feeds as exchange:SYMBOL, comma-separated in the environment",
+    )
+    binance_channels: Annotated[list[Literal["trade", "aggTrade", "kline_1m"]], NoDecode] = Field(
+        default_factory=lambda: ["trade"],
+        description="Binance streams; with only kline_1m the exchange's own bars are used",
+    )
+    ws_urls: dict[str, str] = Field(default_factory=dict, description="exchange -> WebSocket URL")
+    rest_urls: dict[str, str] = Field(default_factory=dict, description="exchange -> REST URL")
+    grace_ms: int = Field(2000, ge=0, le=60_000)
+    future_tolerance_ms: int = Field(5000, ge=0)
+    clock: Literal["wall", "watermark"] = "wall"
+    tick_interval_s: float = Field(0.25, gt=0, le=10)
+    stale_feed_s: float = Field(30.0, gt=0)
+    reconnect_initial_s: float = Field(1.0, gt=0)
+    reconnect_max_s: float = Field(60.0, gt=0)
+    max_frame_bytes: int = Field(1 << 20, ge=1024)
+    rotate_margin_s: float = Field(900.0, ge=0, description="reconnect this long before a cut")
+    backfill_max_minutes: int = Field(1440, ge=1)
+
+    # --- storage ---
+    redis_url: str | None = Field(None, description="redis:// or rediss://; unset = in memory")
+    window_cap: int = Field(1440, ge=1)
+    redis_buffer_max_bars: int = Field(100_000, ge=1)
+
+    # --- operations ---
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int = Field(9108, ge=0, le=65535)
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_json: bool = False
+    instance: str = Field("tickcast", pattern=r"^[A-Za-z0-9_.-]+$")
+
+    _split = field_validator("symbols", "binance_channels", mode="before")(_split_csv)
+
+    @field_validator("symbols")
+    @classmethod
+    def _check_symbols(cls, value: list[str]) -> list[str]:
+        if not value:
+            raise ValueError("at least one exchange:SYMBOL is needed")
+        out = []
+        for item in value:
+            exchange, sep, symbol = item.partition(":")
+            if not sep or not symbol:
+                raise ValueError(f"{item!r} is not exchange:SYMBOL")
+            if exchange not in names():
+                raise ValueError(f"unknown exchange {exchange!r} (known: {', '.join(names())})")
+            if "/" in symbol or " " in symbol:
+                raise ValueError(f"symbol {symbol!r}: use the canonical form, e.g. BTC-USD")
+            out.append(f"{exchange}:{symbol.upper()}")
+        if len(set(out)) != len(out):
+            raise ValueError("duplicate symbols")
+        return out
+
+    @field_validator("ws_urls", "rest_urls")
+    @classmethod
+    def _check_url_keys(cls, value: dict[str, str]) -> dict[str, str]:
+        for key in value:
+            if key not in names():
+                raise ValueError(f"unknown exchange {key!r} (known: {', '.join(names())})")
+        return value
+
+    @model_validator(mode="after")
+    def _check_backoff(self) -> Settings:
+        if self.reconnect_max_s < self.reconnect_initial_s:
+            raise ValueError("reconnect_max_s must be >= reconnect_initial_s")
+        return self
+
+    def feeds(self) -> dict[str, list[str]]:
+        """Symbols grouped by exchange, in configured order."""
+        grouped: dict[str, list[str]] = {}
+        for item in self.symbols:
+            exchange, _, symbol = item.partition(":")
+            grouped.setdefault(exchange, []).append(symbol)
+        return grouped
+
+    def ws_url(self, exchange: str) -> str:
+        return self.ws_urls.get(exchange, get_exchange(exchange).default_ws_url)
+
+    def rest_url(self, exchange: str) -> str:
+        return self.rest_urls.get(exchange, get_exchange(exchange).default_rest_url)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        config = os.environ.get(CONFIG_ENV)
+        if config:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=Path(config)))
+        return tuple(sources)
+
+
+def _env_name(field: str) -> str:
+    return f"{ENV_PREFIX}{field.upper()}"
+
+
+def load_settings(config: str | Path | None = None, **overrides: Any) -> Settings:
+    """Build the frozen settings or raise SettingsError naming the bad key."""
+    if config is not None:
+        if not Path(config).is_file():
+            raise SettingsError(f"config file {config} does not exist")
+        os.environ[CONFIG_ENV] = str(config)
+    known = {_env_name(f) for f in Settings.model_fields} | {CONFIG_ENV}
+    unknown = sorted(k for k in os.environ if k.startswith(ENV_PREFIX) and k not in known)
+    if unknown:
+        raise SettingsError(f"unknown setting {', '.join(unknown)} in the environment")
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            key = ".".join(str(p) for p in err["loc"]) or "settings"
+            field = key.split(".")[0]
+            where = f"{key} ({_env_name(field)})" if field in Settings.model_fields else key
+            problems.append(f"{where}: {err['msg']}")
+        raise SettingsError("invalid settings: " + "; ".join(problems)) from None
+    except (OSError, ValueError) as exc:  # unreadable or malformed TOML
+        raise SettingsError(f"cannot read settings: {exc}") from None

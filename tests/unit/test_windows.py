@@ -1,0 +1,35 @@
+from __future__ import annotations
+
+from streamer.core.types import Bar
+from streamer.core.windows import Windows
+
+
+def bar(t: int, close: float = 1.0, complete: bool = True) -> Bar:
+    return Bar("binance", "BTCUSDT", t * 60_000, close, close, close, close, 1.0, 1, complete)
+
+
+def test_append_cap_and_tail() -> None:
+    w = Windows(cap=3)
+    w.apply([bar(1), bar(2), bar(3), bar(4)])
+    key = ("binance", "BTCUSDT")
+    assert [b.open_time_ms // 60_000 for b in w.tail(key, 10)] == [2, 3, 4]
+    assert [b.open_time_ms // 60_000 for b in w.tail(key, 2)] == [3, 4]
+    assert w.last(key) == bar(4)
+    assert w.tail(("binance", "ETHUSDT"), 2) == []
+
+
+def test_backfilled_bar_replaces_incomplete_and_fills_holes() -> None:
+    w = Windows(cap=10)
+    key = ("binance", "BTCUSDT")
+    w.apply([bar(1), bar(2, complete=False), bar(4)])
+    w.apply([bar(2, close=5.0), bar(3, close=6.0)])
+    got = w.tail(key, 10)
+    assert [b.open_time_ms // 60_000 for b in got] == [1, 2, 3, 4]
+    assert got[1].close == 5.0 and got[1].complete
+    assert got[2].close == 6.0
+
+
+def test_bar_older_than_a_full_window_is_ignored() -> None:
+    w = Windows(cap=2)
+    w.apply([bar(5), bar(6), bar(1)])
+    assert [b.open_time_ms // 60_000 for b in w.tail(("binance", "BTCUSDT"), 5)] == [5, 6]

@@ -1,0 +1,573 @@
+"""History store and importers: every bar the trainer learns from passes through here.
+
+Bars are held as a ``BarTable`` (numpy arrays, int-ms open times, float64 OHLCV) and stored per
+exchange, symbol and interval as Parquet under ``<root>/<exchange>/<symbol>/<interval>.parquet``
+with a JSON sidecar (``<interval>.json``: rows, range, gaps, sources). The interval is a property
+of the data set (``1m`` for exchange bars, ``1d`` for Yahoo daily exports), so daily data trains
+with the same code.
+
+Bad rows are never used and never silently dropped: each one becomes a ``BadRow`` naming the
+file (or Redis key) and line, with a short reason label. Rows that repeat an open time with
+identical values are harmless duplicates and are only counted.
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import io
+import json
+import math
+import os
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from streamer.core.types import MINUTE_MS
+
+COLUMNS = ("open_time_ms", "open", "high", "low", "close", "volume")
+LAYOUTS = ("auto", "binance", "yahoo", "simple")
+# Binance spot dumps switched to microsecond open times in 2025; anything this large is not ms.
+_MICROSECONDS_FROM = 10**14
+
+
+@dataclass(frozen=True, slots=True)
+class BadRow:
+    """One unusable input row: where it is and why it was refused."""
+
+    source: str
+    line: int
+    reason: str
+    detail: str = ""
+
+    def __str__(self) -> str:
+        tail = f": {self.detail}" if self.detail else ""
+        return f"{self.source}:{self.line}: {self.reason}{tail}"
+
+
+@dataclass(frozen=True, slots=True)
+class BarTable:
+    """Bars sorted by open time, unique open times; ``line`` is the source line of each bar."""
+
+    open_time_ms: npt.NDArray[np.int64]
+    ohlcv: npt.NDArray[np.float64]  # [n, 5]: open, high, low, close, volume
+    line: npt.NDArray[np.int64]
+
+    def __len__(self) -> int:
+        return int(self.open_time_ms.shape[0])
+
+    @staticmethod
+    def empty() -> BarTable:
+        return BarTable(
+            np.zeros(0, dtype=np.int64), np.zeros((0, 5), dtype=np.float64), np.zeros(0, np.int64)
+        )
+
+    def between(self, start_ms: int, end_ms: int) -> BarTable:
+        """Bars opening in ``[start_ms, end_ms)``."""
+        keep = (self.open_time_ms >= start_ms) & (self.open_time_ms < end_ms)
+        return BarTable(self.open_time_ms[keep], self.ohlcv[keep], self.line[keep])
+
+
+@dataclass(frozen=True, slots=True)
+class Gap:
+    """``missing`` intervals are absent starting at ``first_missing_ms``."""
+
+    first_missing_ms: int
+    missing: int
+
+
+@dataclass(frozen=True, slots=True)
+class ImportResult:
+    source: str
+    layout: str
+    bars: BarTable
+    interval_ms: int
+    bad_rows: tuple[BadRow, ...]
+    duplicates: int  # rows repeating an earlier row exactly, dropped as harmless
+
+
+@dataclass(frozen=True, slots=True)
+class AppendResult:
+    added: int
+    unchanged: int  # already stored with identical values
+    conflicts: tuple[BadRow, ...]  # stored with different values: the stored bar is kept
+    rows: int
+    gaps: tuple[Gap, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class DatasetInfo:
+    exchange: str
+    symbol: str
+    interval_ms: int
+    rows: int
+    first_open_time_ms: int
+    last_open_time_ms: int
+    gaps: tuple[Gap, ...]
+    sources: tuple[str, ...] = field(default=())
+
+
+class ImportFailed(ValueError):
+    """A file that cannot be imported at all (unknown layout, no rows)."""
+
+
+def interval_label(interval_ms: int) -> str:
+    """``60000`` -> ``1m``, ``86400000`` -> ``1d``: the interval part of store file names."""
+    for unit_ms, unit in ((86_400_000, "d"), (3_600_000, "h"), (60_000, "m"), (1000, "s")):
+        if interval_ms % unit_ms == 0:
+            return f"{interval_ms // unit_ms}{unit}"
+    return f"{interval_ms}ms"
+
+
+def parse_interval(text: str) -> int:
+    """``1m`` / ``5m`` / ``1h`` / ``1d`` / ``6h`` -> milliseconds (also used for ``--every``)."""
+    units = {"s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
+    text = text.strip()
+    if len(text) < 2 or text[-1] not in units or not text[:-1].isdigit() or int(text[:-1]) <= 0:
+        raise ValueError(f"interval {text!r}: expected a positive number and s/m/h/d, e.g. 1m, 6h")
+    return int(text[:-1]) * units[text[-1]]
+
+
+def find_gaps(open_time_ms: npt.NDArray[np.int64], interval_ms: int) -> tuple[Gap, ...]:
+    if open_time_ms.shape[0] < 2:
+        return ()
+    steps = np.diff(open_time_ms)
+    where = np.nonzero(steps > interval_ms)[0]
+    return tuple(
+        Gap(int(open_time_ms[i]) + interval_ms, int(steps[i] // interval_ms) - 1) for i in where
+    )
+
+
+def infer_interval(open_time_ms: npt.NDArray[np.int64]) -> int:
+    """The most common step between consecutive bars; 1 minute when there is nothing to infer."""
+    if open_time_ms.shape[0] < 2:
+        return MINUTE_MS
+    steps = np.diff(np.unique(open_time_ms))
+    values, counts = np.unique(steps, return_counts=True)
+    return int(values[np.argmax(counts)])
+
+
+# --- row parsing -----------------------------------------------------------------------------
+
+
+def _open_text(path: Path) -> io.TextIOBase:
+    if path.suffix == ".gz":
+        return io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8", newline="")
+    return open(path, encoding="utf-8", newline="")
+
+
+def _is_header(cells: list[str]) -> bool:
+    return any(c.strip() and not _looks_numeric(c) for c in cells[:2])
+
+
+def _looks_numeric(cell: str) -> bool:
+    try:
+        float(cell)
+    except ValueError:
+        return False
+    return True
+
+
+def _detect_layout(first: list[str]) -> str:
+    names = [c.strip().lower() for c in first]
+    if _is_header(first):
+        if names and names[0] in ("date", "datetime", "timestamp") and "close" in names:
+            return "yahoo"
+        if names and names[0] == "open_time_ms":
+            return "simple"
+        if len(names) == 12:
+            return "binance"
+        raise ImportFailed(f"unknown CSV header {','.join(first)!r}")
+    if len(names) == 12:
+        return "binance"
+    if len(names) == 6:
+        return "simple"
+    raise ImportFailed(f"cannot tell the layout of a headerless row with {len(names)} columns")
+
+
+class _RowChecker:
+    """Turns raw cells into a validated (open_time_ms, o, h, l, c, v) row or a BadRow."""
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+
+    def check(
+        self, line: int, ts_ms: int, cells: list[str]
+    ) -> tuple[int, float, float, float, float, float] | BadRow:
+        try:
+            o, h, lo, c, v = (float(x) for x in cells)
+        except ValueError:
+            return BadRow(self.source, line, "non_numeric", ",".join(cells))
+        if not all(math.isfinite(x) for x in (o, h, lo, c, v)):
+            return BadRow(self.source, line, "non_finite", ",".join(cells))
+        if min(o, h, lo, c) <= 0.0:
+            return BadRow(self.source, line, "non_positive_price", ",".join(cells))
+        if h < lo:
+            return BadRow(self.source, line, "high_below_low", f"high={h} low={lo}")
+        if not (lo <= o <= h and lo <= c <= h):
+            return BadRow(self.source, line, "open_close_outside_range", ",".join(cells))
+        if v < 0.0:
+            return BadRow(self.source, line, "negative_volume", f"volume={v}")
+        return (ts_ms, o, h, lo, c, v)
+
+
+def _int_ms(text: str) -> int:
+    value = int(text.strip())
+    return value // 1000 if value >= _MICROSECONDS_FROM else value
+
+
+def _iso_ms(text: str) -> int:
+    stamp = datetime.fromisoformat(text.strip())
+    if stamp.tzinfo is None:
+        stamp = stamp.replace(tzinfo=UTC)
+    return round(stamp.timestamp() * 1000)
+
+
+def _rows_binance(
+    rows: Iterator[tuple[int, list[str]]], check: _RowChecker
+) -> Iterator[tuple[int, tuple[int, float, float, float, float, float] | BadRow]]:
+    for line, cells in rows:
+        if len(cells) != 12:
+            yield line, BadRow(check.source, line, "wrong_column_count", f"{len(cells)} columns")
+            continue
+        try:
+            ts = _int_ms(cells[0])
+        except ValueError:
+            yield line, BadRow(check.source, line, "bad_timestamp", cells[0])
+            continue
+        yield line, check.check(line, ts, cells[1:6])
+
+
+def _rows_simple(
+    rows: Iterator[tuple[int, list[str]]], check: _RowChecker
+) -> Iterator[tuple[int, tuple[int, float, float, float, float, float] | BadRow]]:
+    for line, cells in rows:
+        if len(cells) < 6:
+            yield line, BadRow(check.source, line, "wrong_column_count", f"{len(cells)} columns")
+            continue
+        try:
+            ts = _int_ms(cells[0])
+        except ValueError:
+            yield line, BadRow(check.source, line, "bad_timestamp", cells[0])
+            continue
+        yield line, check.check(line, ts, cells[1:6])
+
+
+def _rows_yahoo(
+    header: list[str], rows: Iterator[tuple[int, list[str]]], check: _RowChecker
+) -> Iterator[tuple[int, tuple[int, float, float, float, float, float] | BadRow]]:
+    names = [c.strip().lower() for c in header]
+    try:
+        at = [names.index(n) for n in ("open", "high", "low", "close", "volume")]
+    except ValueError:
+        raise ImportFailed(
+            f"Yahoo header {','.join(header)!r} lacks open/high/low/close/volume"
+        ) from None
+    for line, cells in rows:
+        if len(cells) != len(names):
+            yield line, BadRow(check.source, line, "wrong_column_count", f"{len(cells)} columns")
+            continue
+        try:
+            ts = _iso_ms(cells[0])
+        except ValueError:
+            yield line, BadRow(check.source, line, "bad_timestamp", cells[0])
+            continue
+        yield line, check.check(line, ts, [cells[i] for i in at])
+
+
+def _numbered(reader: Any) -> Iterator[tuple[int, list[str]]]:
+    """Non-blank rows with the file line they end on (``csv`` counts embedded newlines)."""
+    for cells in reader:
+        if cells and any(c.strip() for c in cells):
+            yield int(reader.line_num), cells
+
+
+def rows_to_result(
+    source: str,
+    layout: str,
+    parsed: Iterable[tuple[int, tuple[int, float, float, float, float, float] | BadRow]],
+    interval_ms: int | None = None,
+) -> ImportResult:
+    """Collect checked rows: drop exact repeats, refuse conflicting repeats, sort by time."""
+    bad: list[BadRow] = []
+    by_time: dict[int, tuple[int, tuple[float, ...]]] = {}
+    conflicted: dict[int, list[int]] = {}
+    duplicates = 0
+    for line, row in parsed:
+        if isinstance(row, BadRow):
+            bad.append(row)
+            continue
+        ts, values = row[0], row[1:]
+        if ts in conflicted:
+            conflicted[ts].append(line)
+            continue
+        seen = by_time.get(ts)
+        if seen is None:
+            by_time[ts] = (line, values)
+        elif seen[1] == values:
+            duplicates += 1
+        else:
+            del by_time[ts]
+            conflicted[ts] = [seen[0], line]
+    for ts, lines in conflicted.items():
+        for line in lines:
+            others = ", ".join(str(x) for x in lines if x != line)
+            bad.append(
+                BadRow(source, line, "duplicate_conflict", f"open_time_ms={ts} differs on {others}")
+            )
+    bad.sort(key=lambda b: b.line)
+    times = np.array(sorted(by_time), dtype=np.int64)
+    if times.shape[0]:
+        lines_arr = np.array([by_time[int(t)][0] for t in times], dtype=np.int64)
+        ohlcv = np.array([by_time[int(t)][1] for t in times], dtype=np.float64)
+    else:
+        lines_arr, ohlcv = np.zeros(0, np.int64), np.zeros((0, 5), np.float64)
+    table = BarTable(times, ohlcv.reshape(-1, 5), lines_arr)
+    return ImportResult(
+        source=source,
+        layout=layout,
+        bars=table,
+        interval_ms=interval_ms if interval_ms is not None else infer_interval(times),
+        bad_rows=tuple(bad),
+        duplicates=duplicates,
+    )
+
+
+def read_csv_bars(path: Path, layout: str = "auto", interval_ms: int | None = None) -> ImportResult:
+    """Read one CSV (optionally .gz) of bars in any supported layout.
+
+    Layouts: ``binance`` (data.binance.vision kline dumps, 12 columns, with or without header,
+    ms or µs open times), ``yahoo`` (``Date,Open,High,Low,Close,Adj Close,Volume`` at any
+    interval; ``Adj Close`` is ignored), ``simple`` (``open_time_ms,open,high,low,close,volume``).
+    """
+    if layout not in LAYOUTS:
+        raise ImportFailed(f"unknown layout {layout!r}; known: {', '.join(LAYOUTS)}")
+    source = str(path)
+    with _open_text(path) as handle:
+        reader = csv.reader(handle)
+        numbered = _numbered(reader)
+        head = next(numbered, None)
+        if head is None:
+            raise ImportFailed(f"{source} has no rows")
+        first_line, first = head
+        detected = _detect_layout(first) if layout == "auto" else layout
+        has_header = _is_header(first)
+        check = _RowChecker(source)
+        rows = numbered if has_header else _chain_first(first_line, first, numbered)
+        if detected == "binance":
+            parsed = _rows_binance(rows, check)
+        elif detected == "simple":
+            parsed = _rows_simple(rows, check)
+        else:
+            if not has_header:
+                raise ImportFailed(f"{source}: a Yahoo CSV needs its header row")
+            parsed = _rows_yahoo(first, rows, check)
+        return rows_to_result(source, detected, parsed, interval_ms)
+
+
+def _chain_first(
+    line: int, cells: list[str], rest: Iterator[tuple[int, list[str]]]
+) -> Iterator[tuple[int, list[str]]]:
+    yield line, cells
+    yield from rest
+
+
+def redis_bars_key(exchange: str, symbol: str) -> str:
+    return f"tickcast:bars:{exchange}:{symbol}"
+
+
+def parse_redis_bars(source: str, elements: list[bytes]) -> ImportResult:
+    """Elements of a streamer bar list: JSON ``[open_time_ms, o, h, l, c, volume, trades]``."""
+    check = _RowChecker(source)
+
+    def parsed() -> Iterator[tuple[int, tuple[int, float, float, float, float, float] | BadRow]]:
+        for line, raw in enumerate(elements, start=1):
+            try:
+                value = json.loads(raw)
+            except (json.JSONDecodeError, UnicodeDecodeError):
+                yield line, BadRow(source, line, "not_json", repr(raw[:80]))
+                continue
+            if not isinstance(value, list) or len(value) < 6:
+                yield line, BadRow(source, line, "wrong_column_count", repr(raw[:80]))
+                continue
+            if not isinstance(value[0], int) or isinstance(value[0], bool):
+                yield line, BadRow(source, line, "bad_timestamp", repr(value[0]))
+                continue
+            yield line, check.check(line, value[0], [str(x) for x in value[1:6]])
+
+    return rows_to_result(source, "redis", parsed(), MINUTE_MS)
+
+
+def read_redis_bars(url: str, exchange: str, symbol: str) -> ImportResult:
+    """Read the streamer's rolling window of closed bars for one symbol."""
+    import redis
+
+    client = redis.Redis.from_url(url)
+    try:
+        key = redis_bars_key(exchange, symbol)
+        elements: list[bytes] = list(client.lrange(key, 0, -1))  # type: ignore[arg-type]
+    finally:
+        client.close()
+    return parse_redis_bars(f"{url}/{key}", elements)
+
+
+def list_redis_bar_keys(url: str) -> list[tuple[str, str]]:
+    """(exchange, symbol) of every bar list the streamer keeps in this Redis."""
+    import redis
+
+    client = redis.Redis.from_url(url)
+    try:
+        keys = sorted(k.decode() for k in client.scan_iter(match="tickcast:bars:*:*", count=1000))
+    finally:
+        client.close()
+    out = []
+    for key in keys:
+        parts = key.split(":")
+        if len(parts) == 4:
+            out.append((parts[2], parts[3]))
+    return out
+
+
+# --- the store ---------------------------------------------------------------------------------
+
+
+def _atomic_write_bytes(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+
+
+class HistoryStore:
+    """Bars per exchange/symbol/interval as Parquet; appends are idempotent.
+
+    A bar already stored is never overwritten: a new bar with the same open time and equal
+    values is counted as unchanged, one with different values is reported as a conflict and
+    the stored one kept (first writer wins, so a re-import can never silently rewrite history).
+    """
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def path(self, exchange: str, symbol: str, interval_ms: int) -> Path:
+        return self.root / exchange / symbol / f"{interval_label(interval_ms)}.parquet"
+
+    def load(self, exchange: str, symbol: str, interval_ms: int = MINUTE_MS) -> BarTable:
+        path = self.path(exchange, symbol, interval_ms)
+        if not path.exists():
+            return BarTable.empty()
+        table = pq.read_table(path)
+        times = table.column("open_time_ms").to_numpy().astype(np.int64)
+        ohlcv = np.stack(
+            [table.column(c).to_numpy().astype(np.float64) for c in COLUMNS[1:]], axis=1
+        )
+        return BarTable(times, ohlcv, np.zeros(times.shape[0], dtype=np.int64))
+
+    def info(self, exchange: str, symbol: str, interval_ms: int = MINUTE_MS) -> DatasetInfo | None:
+        meta = self.path(exchange, symbol, interval_ms).with_suffix(".json")
+        if not meta.exists():
+            return None
+        raw: dict[str, Any] = json.loads(meta.read_text())
+        return DatasetInfo(
+            exchange=raw["exchange"],
+            symbol=raw["symbol"],
+            interval_ms=int(raw["interval_ms"]),
+            rows=int(raw["rows"]),
+            first_open_time_ms=int(raw["first_open_time_ms"]),
+            last_open_time_ms=int(raw["last_open_time_ms"]),
+            gaps=tuple(Gap(int(a), int(b)) for a, b in raw["gaps"]),
+            sources=tuple(raw.get("sources", ())),
+        )
+
+    def datasets(self) -> list[DatasetInfo]:
+        out = []
+        for meta in sorted(self.root.glob("*/*/*.json")):
+            symbol_dir = meta.parent
+            raw = json.loads(meta.read_text())
+            info = self.info(symbol_dir.parent.name, symbol_dir.name, int(raw["interval_ms"]))
+            if info is not None:
+                out.append(info)
+        return out
+
+    def append(
+        self, exchange: str, symbol: str, interval_ms: int, bars: BarTable, source: str
+    ) -> AppendResult:
+        stored = self.load(exchange, symbol, interval_ms)
+        conflicts: list[BadRow] = []
+        if len(stored):
+            pos = np.searchsorted(stored.open_time_ms, bars.open_time_ms)
+            pos_c = np.minimum(pos, len(stored) - 1)
+            present = stored.open_time_ms[pos_c] == bars.open_time_ms
+            same = present & np.all(stored.ohlcv[pos_c] == bars.ohlcv, axis=1)
+            for i in np.nonzero(present & ~same)[0]:
+                conflicts.append(
+                    BadRow(
+                        source,
+                        int(bars.line[i]),
+                        "conflicts_with_store",
+                        f"open_time_ms={int(bars.open_time_ms[i])} stored "
+                        f"{stored.ohlcv[pos_c[i]].tolist()} new {bars.ohlcv[i].tolist()}",
+                    )
+                )
+            new = ~present
+            unchanged = int(same.sum())
+        else:
+            new = np.ones(len(bars), dtype=bool)
+            unchanged = 0
+        added = int(new.sum())
+        times = np.concatenate([stored.open_time_ms, bars.open_time_ms[new]])
+        ohlcv = np.concatenate([stored.ohlcv, bars.ohlcv[new]])
+        order = np.argsort(times, kind="stable")
+        times, ohlcv = times[order], ohlcv[order]
+        gaps = find_gaps(times, interval_ms)
+        path = self.path(exchange, symbol, interval_ms)
+        if added:
+            table = pa.table(
+                {"open_time_ms": pa.array(times, pa.int64())}
+                | {c: pa.array(ohlcv[:, i], pa.float64()) for i, c in enumerate(COLUMNS[1:])}
+            )
+            sink = pa.BufferOutputStream()
+            pq.write_table(table, sink, compression="zstd")
+            _atomic_write_bytes(path, sink.getvalue().to_pybytes())
+        previous = self.info(exchange, symbol, interval_ms)
+        sources = list(previous.sources) if previous else []
+        if source not in sources:
+            sources.append(source)
+        if len(times):
+            meta = {
+                "exchange": exchange,
+                "symbol": symbol,
+                "interval": interval_label(interval_ms),
+                "interval_ms": interval_ms,
+                "rows": int(times.shape[0]),
+                "first_open_time_ms": int(times[0]),
+                "last_open_time_ms": int(times[-1]),
+                "gaps": [[g.first_missing_ms, g.missing] for g in gaps],
+                "sources": sources[-50:],
+            }
+            _atomic_write_bytes(
+                path.with_suffix(".json"), (json.dumps(meta, indent=1) + "\n").encode()
+            )
+        return AppendResult(added, unchanged, tuple(conflicts), int(times.shape[0]), gaps)
+
+
+def summarise_bad_rows(bad: Iterable[BadRow], limit: int = 20) -> list[str]:
+    """Counts per reason and the first ``limit`` rows, for the CLI's report."""
+    rows = list(bad)
+    counts = Counter(b.reason for b in rows)
+    lines = [f"{n} bad rows: {reason}" for reason, n in sorted(counts.items())]
+    lines += [f"  {b}" for b in rows[:limit]]
+    if len(rows) > limit:
+        lines.append(f"  ... {len(rows) - limit} more")
+    return lines
