@@ -158,6 +158,7 @@ class Streamer:
                 exchange_name,
                 grace_ms=self.settings.grace_ms,
                 future_tolerance_ms=self.settings.future_tolerance_ms,
+                clock=self.clock if self.clock() > 0 else None,
             )
             self.aggregators[exchange_name] = agg
             for symbol in symbols:
@@ -195,7 +196,7 @@ class Streamer:
         except BackfillError as exc:
             log.warning("start-up backfill failed", extra={"symbol": symbol, "error": str(exc)})
             return
-        await self._apply_repair(bars)
+        self._apply_repair(bars)
 
     def _build_feeds(self) -> None:
         s = self.settings
@@ -208,8 +209,8 @@ class Streamer:
         )
         now = self.clock()
         for exchange_name, symbols in s.feeds().items():
-            channels = list(s.binance_channels) if exchange_name == "binance" else None
-            channels = channels or list(TRADE_CHANNELS[exchange_name])
+            channels: list[str] = [*s.binance_channels] if exchange_name == "binance" else []
+            channels = channels or [*TRADE_CHANNELS[exchange_name]]
             self.feeds[exchange_name] = Feed(
                 get_exchange(exchange_name),
                 symbols,
@@ -248,7 +249,11 @@ class Streamer:
             if ours is None or ours.open_time_ms != bar.open_time_ms or not ours.complete:
                 return
             same = (ours.open, ours.high, ours.low, ours.close, ours.trades) == (
-                bar.open, bar.high, bar.low, bar.close, bar.trades
+                bar.open,
+                bar.high,
+                bar.low,
+                bar.close,
+                bar.trades,
             ) and abs(ours.volume - bar.volume) <= 1e-9 * max(1.0, bar.volume)
             result = "match" if same else "mismatch"
             self.metrics.kline_crosscheck.labels(exchange_name, result).inc()
@@ -276,14 +281,15 @@ class Streamer:
         while True:
             gap = await self._gaps.get()
             end = floor_minute(gap.end_ms) + MINUTE_MS  # the gap's last minute, exclusive
-            while self.clock() and self.clock() < end + self.settings.grace_ms:
+            # the injected clock has no event to wait on: poll it at the tick interval
+            while self.clock() and self.clock() < end + self.settings.grace_ms:  # noqa: ASYNC110
                 await asyncio.sleep(self.settings.tick_interval_s)
             backfill = self.backfills[gap.exchange]
             for symbol in gap.symbols:
                 while True:
                     try:
                         bars = await backfill.fetch(symbol, floor_minute(gap.start_ms), end)
-                        await self._apply_repair(bars)
+                        self._apply_repair(bars)
                         break
                     except (BackfillError, OSError, ConnectionError) as exc:
                         log.warning(
@@ -297,7 +303,7 @@ class Streamer:
                 extra={"exchange": gap.exchange, "start_ms": gap.start_ms, "end_ms": gap.end_ms},
             )
 
-    async def _apply_repair(self, bars: list[Bar]) -> None:
+    def _apply_repair(self, bars: list[Bar]) -> None:
         """Backfilled bars replace the window's (incomplete) ones; Redis gets them in order."""
         if not bars:
             return

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import os
 import signal
@@ -78,11 +79,13 @@ def cmd_replay_server(args: argparse.Namespace) -> int:
     async def main() -> None:
         task = asyncio.current_task()
         assert task is not None
-        install_signal_handlers(task.cancel)
-        try:
+
+        def stop() -> None:
+            task.cancel()
+
+        install_signal_handlers(stop)
+        with contextlib.suppress(asyncio.CancelledError):
             await serve_from_args(args)
-        except asyncio.CancelledError:
-            pass
 
     asyncio.run(main())
     return 0

@@ -26,6 +26,13 @@ ENV_PREFIX = "TICKCAST_"
 CONFIG_ENV = "TICKCAST_CONFIG"
 
 
+BinanceChannel = Literal["trade", "aggTrade", "kline_1m"]
+
+
+def _default_binance_channels() -> list[BinanceChannel]:
+    return ["trade"]
+
+
 class SettingsError(ValueError):
     """Start-up configuration is invalid; the message names the offending key."""
 
@@ -46,8 +53,8 @@ class Settings(BaseSettings):
         default_factory=lambda: ["binance:BTCUSDT", "binance:ETHUSDT"],
         description="feeds as exchange:SYMBOL, comma-separated in the environment",
     )
-    binance_channels: Annotated[list[Literal["trade", "aggTrade", "kline_1m"]], NoDecode] = Field(
-        default_factory=lambda: ["trade"],
+    binance_channels: Annotated[list[BinanceChannel], NoDecode] = Field(
+        default_factory=_default_binance_channels,
         description="Binance streams; with only kline_1m the exchange's own bars are used",
     )
     ws_urls: dict[str, str] = Field(default_factory=dict, description="exchange -> WebSocket URL")

@@ -39,7 +39,9 @@ def wait_for_port(port: int, timeout_s: float = 10.0) -> None:
 
 
 def _require(binary: str) -> str:
-    path = shutil.which(binary) or (f"/usr/sbin/{binary}" if Path(f"/usr/sbin/{binary}").exists() else None)
+    path = shutil.which(binary) or (
+        f"/usr/sbin/{binary}" if Path(f"/usr/sbin/{binary}").exists() else None
+    )
     if path is None:
         pytest.fail(f"{binary} is not installed; run `make deps` (Debian package) first")
     return path
@@ -88,11 +90,16 @@ def _redis_server(tmp: Path) -> ServerProcess:
     port = free_port()
     argv = [
         _require("redis-server"),
-        "--port", str(port),
-        "--bind", "127.0.0.1",
-        "--save", "",
-        "--appendonly", "no",
-        "--dir", str(tmp),
+        "--port",
+        str(port),
+        "--bind",
+        "127.0.0.1",
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+        "--dir",
+        str(tmp),
     ]
     return ServerProcess("redis", port, argv)
 

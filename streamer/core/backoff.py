@@ -1,8 +1,8 @@
 """Capped, jittered exponential backoff, as a pure iterator.
 
-Jitter (a uniform draw in the upper half of the exponential cap) spreads reconnect storms; the cap keeps an
-outage of hours from growing delays without bound; ``reset()`` after a successful connection
-starts the next outage from the initial delay again.
+Jitter (a uniform draw in the upper half of the exponential cap) spreads reconnect storms; the
+cap keeps an outage of hours from growing delays without bound; ``reset()`` after a successful
+connection starts the next outage from the initial delay again.
 """
 
 from __future__ import annotations

@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
+from collections.abc import Callable
 from enum import StrEnum
 
 from streamer.core.types import MINUTE_MS, Bar, Trade
@@ -166,11 +167,18 @@ class BarAggregator:
     """Pure 1-minute bar aggregator for one exchange feed (all its symbols)."""
 
     def __init__(
-        self, exchange: str, grace_ms: int = 2000, future_tolerance_ms: int = 5000
+        self,
+        exchange: str,
+        grace_ms: int = 2000,
+        future_tolerance_ms: int = 5000,
+        clock: Callable[[], int] | None = None,
     ) -> None:
+        """``clock``, when given, is read (only) when a trade looks future against the last
+        ``on_clock`` reading: a replay at full speed moves minutes between two clock ticks."""
         if grace_ms < 0 or future_tolerance_ms < 0:
             raise ValueError("grace_ms and future_tolerance_ms must be >= 0")
         self.exchange = exchange
+        self._clock = clock
         self.grace_ms = grace_ms
         self.future_tolerance_ms = future_tolerance_ms
         self.duplicates = 0
@@ -249,7 +257,7 @@ class BarAggregator:
     def _add_slow(self, trade: Trade, st: _Symbol | None) -> list[Bar]:
         """Every case but the hot one: new symbol or minute, out of order, rejections."""
         ts = trade.ts_ms
-        if ts > self._future_limit_ms:
+        if ts > self._future_limit_ms and not self._clock_caught_up(ts):
             return self._reject(AddOutcome.FUTURE, trade)
         minute = ts - ts % MINUTE_MS
         tid = trade.trade_id
@@ -281,6 +289,16 @@ class BarAggregator:
             if ts >= self._next_close_at_ms:
                 return self._close_through(ts)
         return []
+
+    def _clock_caught_up(self, ts: int) -> bool:
+        """Read the injected clock afresh: is ``ts`` within tolerance of it after all?"""
+        if self._clock is None:
+            return False
+        now = self._clock()
+        if now > self._clock_ms:
+            self._clock_ms = now
+            self._future_limit_ms = now + self.future_tolerance_ms
+        return ts <= self._future_limit_ms
 
     def _set_fast_window(self, st: _Symbol) -> None:
         """Open the hot path for ``st.cur`` when it is the only open minute.

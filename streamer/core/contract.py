@@ -166,9 +166,7 @@ def check_io_shapes(
             raise ContractError(f"model {what} has rank {len(shape)}, expected 3")
         for axis, (got, want) in enumerate(zip(shape, expected, strict=True)):
             if want is not None and isinstance(got, int) and got != want:
-                raise ContractError(
-                    f"model {what} axis {axis} is {got}, metadata says {want}"
-                )
+                raise ContractError(f"model {what} axis {axis} is {got}, metadata says {want}")
 
 
 def bad_output_rows(values: npt.NDArray[np.float32]) -> npt.NDArray[np.bool_]:

@@ -11,6 +11,7 @@ overlaps come out incomplete and are backfilled over REST.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -134,9 +135,8 @@ class Feed:
                 closed = self.aggregator.add(event)
                 if closed:
                     self._emit(closed)
-            elif isinstance(event, Bar) and self._on_kline is not None:
-                if event.symbol in symbols:
-                    self._on_kline(event)
+            elif isinstance(event, Bar) and self._on_kline is not None and event.symbol in symbols:
+                self._on_kline(event)
 
     def _reject(self, reason: str, sample: str) -> None:
         self.stats.rejected[reason] += 1
@@ -205,6 +205,9 @@ class Feed:
                                 await asyncio.sleep(SUBSCRIBE_SPACING_S)
                             await ws.send(message)
                         log.info("feed connected", extra={"exchange": name, "connection": index})
+                        # subscribed: from here on trades flow, so the outage ends now, even if
+                        # a quiet market sends nothing for a while
+                        self._close_gap(index)
                         cause = await self._receive(index, conn, backoff)
                     finally:
                         self._live.pop(index, None)
@@ -232,10 +235,8 @@ class Feed:
                 extra={"exchange": name, "connection": index, "cause": cause, "retry_in_s": delay},
             )
             if delay:
-                try:
+                with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._stopping.wait(), delay)
-                except TimeoutError:
-                    pass
 
     async def _receive(self, index: int, conn: _Connection, backoff: Backoff) -> str:
         """Pump frames until the connection ends; returns why it ended."""
@@ -249,10 +250,9 @@ class Feed:
             conn.last_message = now
             conn.last_clock_ms = clock()
             self.stats.last_message_monotonic = now
-            if first:
+            if first:  # a connection that delivers data is a success: start backoff afresh
                 first = False
                 backoff.reset()
-                self._close_gap(index)
             handle(raw)
             if rotate_after is not None and now - conn.opened_at > rotate_after:
                 return "rotate"
@@ -271,10 +271,8 @@ class Feed:
         """Force a reconnect of any connection silent for longer than ``stale_after_s``."""
         interval = min(self.options.stale_after_s / 4, 1.0)
         while not self._stopping.is_set():
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stopping.wait(), interval)
-            except TimeoutError:
-                pass
             now = time.monotonic()
             for conn in list(self._live.values()):
                 if not conn.stale and now - conn.last_message > self.options.stale_after_s:

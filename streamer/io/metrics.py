@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter as TallyCounter
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -203,10 +203,8 @@ class OpsServer:
         await self._runner.setup()
         site = web.TCPSite(self._runner, self._host, self._port)
         await site.start()
-        sockets: Iterable[object] = site._server.sockets if site._server else ()  # type: ignore[union-attr]
-        for sock in sockets:
-            self.port = sock.getsockname()[1]  # type: ignore[attr-defined]
-            break
+        address = self._runner.addresses[0]
+        self.port = int(address[1])
         log.info("ops server listening", extra={"host": self._host, "port": self.port})
 
     async def stop(self) -> None:

@@ -300,7 +300,7 @@ class MqttPublisher:
                 # Cancelled (not closed): aiomqtt will DISCONNECT cleanly, so the will would
                 # never fire; say offline ourselves, briefly, then go on being cancelled.
                 with contextlib.suppress(Exception):
-                    return await client.publish(
+                    await client.publish(
                         self.status_topic, STATUS_OFFLINE, qos=1, retain=True, timeout=1.0
                     )
                 raise

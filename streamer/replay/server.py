@@ -13,20 +13,26 @@ streamer runs against it unchanged (``ws_url``/``rest_url`` pointed here):
 
 Time. All sources are merged into one timeline ordered by data time. The replay clock maps data
 time to wall time: ``speed`` data milliseconds per wall millisecond (60 = one data minute per
-second); ``speed=0`` sends as fast as the clients read (``await send`` waits on the socket's
-write buffer, so a slow reader slows the replay rather than growing memory; one slow reader slows
-every connection). The clock never runs ahead of what has been sent: ``clock_ms()`` is the newest
-data time whose events have all been written, capped by the wall mapping. It holds at the start
-until the first stream subscription, so a client can backfill over REST first and miss nothing
-(``wait_for_subscriber=False`` starts it at once). Connections receive the events from the moment
-they subscribe on, like a real exchange: what a client misses while disconnected is gone from the
-stream and must come from REST. REST serves every kline before the start too, so a client can warm
-its windows by backfill and then stream. With ``loop`` the data repeats, shifted forward in time
-(and in trade ids) by its span on every pass.
+second); ``speed=0`` sends as fast as the clients read. Frames are written in batches and each
+batch waits on websockets' flow control (``drain``), so a slow reader slows the replay instead of
+growing memory; one slow reader slows every connection. The clock never runs ahead of what has
+been written: ``clock_ms()`` is capped both by the wall mapping and by the events sent (it may
+trail the newest sent event by 1 ms). It holds at the start until the first stream subscription,
+so a client can backfill over REST first and miss nothing (``wait_for_subscriber=False`` starts
+it at once), and it stops at the end of the data. Connections receive the events from the moment
+they subscribe on, like a real exchange: what a client misses while disconnected is gone from
+the stream and must come from REST. REST serves every kline before the start too, so a client can
+warm its windows by backfill and then stream. With ``loop`` the data repeats, shifted forward in
+time (and in trade ids) by its span on every pass.
 
 Faults (``Faults``, settable while running, and CLI flags) drop, stall or refuse connections,
-send malformed frames and throttle REST, so tests can observe recovery. ``sent`` counts what went
-out (trades and exact volume per symbol and per minute) so tests can check that nothing was lost.
+send malformed frames and throttle REST klines, so tests can observe recovery. ``sent`` counts
+what was written (trades and exact volume per symbol and per minute) so tests can check that
+nothing was lost.
+
+A client that stops reading for a while and then closes should use ``max_queue=None``: the
+websockets client stops reading the socket once ``max_queue`` messages are unread, and then waits
+its whole ``close_timeout`` for the server's close frame.
 """
 
 from __future__ import annotations
@@ -293,13 +299,13 @@ class ReplayServer:
         self.wait_for_subscriber = wait_for_subscriber
         self.faults = faults or Faults()
         self.sent = SentStats()
-        first = min(s.first_open_ms for s in loaded)
-        self.end_ms = max(s.end_ms for s in loaded)
-        self.start_ms = first if start_ms is None else start_ms - start_ms % MINUTE_MS
-        if not first <= self.start_ms < self.end_ms:
+        self.first_ms = min(s.first_open_ms for s in loaded)  # the data's first minute
+        self.end_ms = max(s.end_ms for s in loaded)  # the end of its last minute
+        self.start_ms = self.first_ms if start_ms is None else start_ms - start_ms % MINUTE_MS
+        if not self.first_ms <= self.start_ms < self.end_ms:
             raise ValueError(
                 f"start {_iso(self.start_ms)} is outside the data "
-                f"({_iso(first)} .. {_iso(self.end_ms)})"
+                f"({_iso(self.first_ms)} .. {_iso(self.end_ms)})"
             )
         self.span_ms = self.end_ms - self.start_ms  # one pass of the loop
         self._names = {
@@ -894,7 +900,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     faults = parser.add_argument_group("fault injection (for tests)")
     faults.add_argument("--drop-at", metavar="TIME", help="drop all connections at this data time")
-    faults.add_argument("--drop-after-messages", type=int, metavar="N")
+    faults.add_argument(
+        "--drop-after-messages", type=int, metavar="N", help="drop once N data frames are sent"
+    )
     faults.add_argument(
         "--drop-close-frame",
         action="store_true",
@@ -907,7 +915,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--refuse-for", type=float, default=0.0, metavar="S", help="503 upgrades for S s at start"
     )
     faults.add_argument("--stall-at", metavar="TIME", help="stall connections at this data time")
-    faults.add_argument("--stall-after-messages", type=int, metavar="N")
+    faults.add_argument(
+        "--stall-after-messages", type=int, metavar="N", help="stall once N data frames are sent"
+    )
     faults.add_argument("--stall-s", type=float, default=5.0, metavar="S", help="stall length")
     faults.add_argument(
         "--malformed-every", type=int, metavar="N", help="a malformed frame before every Nth"
