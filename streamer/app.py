@@ -20,8 +20,13 @@ from streamer.core.types import MINUTE_MS, Bar, floor_minute
 from streamer.core.windows import Windows
 from streamer.io.backfill import BackfillError, RestBackfill
 from streamer.io.feed import Feed, FeedOptions, Gap
+from streamer.io.forecaster import ForecastSink
 from streamer.io.metrics import Metrics, OpsServer
+from streamer.io.publisher import MqttOptions, MqttPublisher
+from streamer.io.serving import Serving
+from streamer.io.sinks import DiscardSink, MqttSink
 from streamer.io.store import BarStore, BufferedBarWriter, MemoryBarStore, RedisBarStore
+from streamer.io.systemd import SystemdNotifier
 from streamer.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -38,6 +43,23 @@ def wall_clock_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
+def mqtt_options(settings: Settings) -> MqttOptions:
+    assert settings.mqtt_url is not None
+    return MqttOptions(
+        url=settings.mqtt_url,
+        username=settings.mqtt_username,
+        password=settings.mqtt_password_value(),
+        client_id=settings.mqtt_client_id,
+        tls_ca_file=str(settings.mqtt_tls_ca_file) if settings.mqtt_tls_ca_file else None,
+        tls_cert_file=str(settings.mqtt_tls_cert_file) if settings.mqtt_tls_cert_file else None,
+        tls_key_file=str(settings.mqtt_tls_key_file) if settings.mqtt_tls_key_file else None,
+        qos=settings.mqtt_qos,
+        prefix=settings.mqtt_prefix,
+        instance=settings.instance,
+        queue_max=settings.mqtt_queue_max,
+    )
+
+
 class Streamer:
     """The streamer daemon. ``run()`` until ``request_stop()``; then it stops in order."""
 
@@ -47,6 +69,7 @@ class Streamer:
         *,
         clock: Clock | None = None,
         store: BarStore | None = None,
+        sink: ForecastSink | None = None,
     ) -> None:
         self.settings = settings
         self.metrics = Metrics()
@@ -79,6 +102,35 @@ class Streamer:
         )
         self.started = asyncio.Event()
         self.bar_listeners: list[Callable[[list[Bar]], None]] = []
+        self.publisher: MqttPublisher | None = None
+        if sink is None and settings.mqtt_url:
+            self.publisher = MqttPublisher(mqtt_options(settings))
+            sink = MqttSink(
+                self.publisher,
+                settings.eval_window_s,
+                wall_clock_ms,
+                self.metrics.close_to_publish_seconds.observe,
+            )
+            self.ops.add_check(
+                "mqtt", lambda: self.publisher is not None and self.publisher.connected
+            )
+        if sink is None:
+            log.warning("no TICKCAST_MQTT_URL: forecasts are made and scored but not published")
+            sink = DiscardSink()
+        self.serving = Serving(
+            settings,
+            self.windows,
+            sink,
+            publisher=self.publisher,
+            wall_clock_ms=wall_clock_ms,
+            on_round=lambda inference_s, _close_s, _n: self.metrics.inference_seconds.observe(
+                inference_s
+            ),
+        )
+        self.metrics.serving = self.serving
+        self.bar_listeners.append(self.serving.on_bars)
+        self.ops.add_check("model", lambda: self.serving.ready)
+        self.systemd = SystemdNotifier()
 
     # ---- clock ------------------------------------------------------------------------------
 
@@ -120,12 +172,22 @@ class Streamer:
             background = [
                 tg.create_task(self._tick(), name="bar-clock"),
                 tg.create_task(self._repair_gaps(), name="gap-repair"),
+                tg.create_task(self.serving.forecaster.run(), name="forecaster"),
+                tg.create_task(self.systemd.watchdog(), name="systemd-watchdog"),
             ]
+            if self.serving.watcher is not None:
+                background.append(tg.create_task(self.serving.watcher.run(), name="model-watch"))
+            publisher_task = None
+            if self.publisher is not None:
+                publisher_task = tg.create_task(self.publisher.run(), name="mqtt-publisher")
             self.started.set()
+            self.systemd.notify("READY=1")
             log.info("streamer started", extra={"feeds": list(self.feeds)})
             await self._stop.wait()
             log.info("streamer stopping")
-            # 1. stop the feeds, 2. close and store the partial bars, 3. drain the writer
+            self.systemd.notify("STOPPING=1")
+            # 1. stop the feeds, 2. close and store the partial bars, 3. drain the publish
+            # queue and disconnect MQTT (status: offline), 4. drain the Redis writer
             for feed in self.feeds.values():
                 feed.stop()
             await asyncio.wait(feed_tasks, timeout=SHUTDOWN_TIMEOUT_S)
@@ -135,11 +197,17 @@ class Streamer:
             for agg in self.aggregators.values():
                 partial.extend(agg.flush())
             if partial:
-                self._on_bars(partial)
+                self.windows.apply(partial)
+                self.writer.submit(partial)
+            if self.publisher is not None:
+                await self.publisher.close(SHUTDOWN_TIMEOUT_S)
+                if publisher_task is not None:
+                    publisher_task.cancel()
             await self.writer.flush(SHUTDOWN_TIMEOUT_S)
             writer_task.cancel()
             for task in feed_tasks:
                 task.cancel()
+            await self.serving.close()
         log.info("streamer stopped")
 
     # ---- start-up ---------------------------------------------------------------------------

@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     NoDecode,
@@ -75,6 +75,30 @@ class Settings(BaseSettings):
     window_cap: int = Field(1440, ge=1)
     redis_buffer_max_bars: int = Field(100_000, ge=1)
 
+    redis_password_file: Path | None = Field(None, description="file holding the Redis password")
+
+    # --- model and forecasts ---
+    model_registry: str | None = Field(
+        None, description="registry directory, redis:// URL, or one .onnx file; unset = none"
+    )
+    model_poll_s: float = Field(5.0, gt=0)
+    model_max_age_s: float | None = Field(7 * 86400.0, gt=0, description="older = stale")
+    eval_horizons: Annotated[list[int], NoDecode] = Field(default_factory=lambda: [1, 5, 15])
+    eval_window_s: int = Field(86400, ge=60)
+
+    # --- MQTT ---
+    mqtt_url: str | None = Field(None, description="mqtt:// or mqtts://; unset = no MQTT")
+    mqtt_username: str | None = None
+    mqtt_password: SecretStr | None = None
+    mqtt_password_file: Path | None = None
+    mqtt_client_id: str | None = None
+    mqtt_tls_ca_file: Path | None = None
+    mqtt_tls_cert_file: Path | None = None
+    mqtt_tls_key_file: Path | None = None
+    mqtt_qos: int = Field(1, ge=0, le=2)
+    mqtt_prefix: str = Field("tickcast", pattern=r"^[^+#\s]+$")
+    mqtt_queue_max: int = Field(10_000, ge=1)
+
     # --- operations ---
     metrics_host: str = "127.0.0.1"
     metrics_port: int = Field(9108, ge=0, le=65535)
@@ -82,7 +106,29 @@ class Settings(BaseSettings):
     log_json: bool = False
     instance: str = Field("tickcast", pattern=r"^[A-Za-z0-9_.-]+$")
 
-    _split = field_validator("symbols", "binance_channels", mode="before")(_split_csv)
+    _split = field_validator("symbols", "binance_channels", "eval_horizons", mode="before")(
+        _split_csv
+    )
+
+    @field_validator("eval_horizons")
+    @classmethod
+    def _check_horizons(cls, value: list[int]) -> list[int]:
+        if not value or any(h < 1 for h in value) or len(set(value)) != len(value):
+            raise ValueError("horizons must be distinct whole minutes >= 1")
+        return sorted(value)
+
+    @field_validator(
+        "redis_password_file",
+        "mqtt_password_file",
+        "mqtt_tls_ca_file",
+        "mqtt_tls_cert_file",
+        "mqtt_tls_key_file",
+    )
+    @classmethod
+    def _check_file(cls, value: Path | None) -> Path | None:
+        if value is not None and not value.is_file():
+            raise ValueError(f"file {value} does not exist")
+        return value
 
     @field_validator("symbols")
     @classmethod
@@ -116,6 +162,17 @@ class Settings(BaseSettings):
         if self.reconnect_max_s < self.reconnect_initial_s:
             raise ValueError("reconnect_max_s must be >= reconnect_initial_s")
         return self
+
+    def mqtt_password_value(self) -> str | None:
+        """The MQTT password: from its file if one is named, else the setting, else None."""
+        if self.mqtt_password_file is not None:
+            return self.mqtt_password_file.read_text().strip()
+        return self.mqtt_password.get_secret_value() if self.mqtt_password else None
+
+    def redis_password_value(self) -> str | None:
+        if self.redis_password_file is not None:
+            return self.redis_password_file.read_text().strip()
+        return None
 
     def feeds(self) -> dict[str, list[str]]:
         """Symbols grouped by exchange, in configured order."""

@@ -109,7 +109,7 @@ def _mosquitto(tmp: Path) -> ServerProcess:
     conf = tmp / f"mosquitto-{port}.conf"
     conf.write_text(
         f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
-        "max_queued_messages 100000\n"
+        "max_queued_messages 100000\nset_tcp_nodelay true\n"
     )
     return ServerProcess("mosquitto", port, [_require("mosquitto"), "-c", str(conf)])
 

@@ -2,14 +2,19 @@
 
 Pure: the publisher shell only moves the bytes made here, and subscribers (tests, examples,
 downstream tools) check what they receive with ``validate_forecast_payload``, so the encoder and
-the checker of the fixed contract live side by side. A real forecast payload::
+the checker of the fixed contract live side by side. A payload as encoded here, for the real
+Kraken BTC/USDT bar of 2025-11-10 17:24 UTC (close 105351.1) and a persistence model with a
+0.1 % band (tests/unit/test_payloads.py)::
 
-    {"schema": 1, "exchange": "binance", "symbol": "BTCUSDT", "interval": "1m",
-     "bar_time": "2023-03-16T22:15:00Z", "issued_at": "2023-03-16T22:16:00.042Z",
-     "last_close": 24987.5, "horizons_min": [1, 2, 3],
-     "median": [24990.1, 24993.0, 24995.2],
-     "quantiles": {"0.1": [24960.3, 24948.8, 24940.0], "0.9": [25019.7, 25036.1, 25050.9]},
-     "model": {"version": "20240101-1", "trained_at": "2024-01-01T00:00:00Z"}, "stale": false}
+    {"schema":1,"exchange":"kraken","symbol":"BTC-USDT","interval":"1m",
+     "bar_time":"2025-11-10T17:24:00Z","issued_at":"2025-11-10T17:25:00.042Z",
+     "last_close":105351.1,"horizons_min":[1,2,3],"median":[105351.1,105351.1,105351.1],
+     "quantiles":{"0.1":[105216.08203024001,105160.15575600133,105117.24201644088],
+                  "0.9":[105486.11796976,105542.04424399868,105584.95798355913]},
+     "model":{"version":"20251111-1","trained_at":"2025-11-11T00:20:00Z"},"stale":false}
+
+Floats are written in their shortest round-trip form: a subscriber parses back exactly the
+values the model produced.
 """
 
 from __future__ import annotations

@@ -30,7 +30,8 @@ Key = tuple[str, str]
 class ForecastSink(Protocol):
     """Where forecasts and skill figures go: MQTT in production, the console in the demo."""
 
-    def publish_forecast(self, forecast: Forecast) -> None: ...
+    def publish_forecast(self, forecast: Forecast, closed_at: float) -> None:
+        """``closed_at``: ``time.monotonic()`` when the forecast's bar closed (for latency)."""
 
     def publish_skill(
         self, exchange: str, symbol: str, figures: dict[int, dict[str, float]]
@@ -92,7 +93,7 @@ class Forecaster:
             return []
         window = model.spec.window
         series: list[list[Bar]] = []
-        closed_at: list[float] = []
+        closed_at: dict[Key, float] = {}
         for key, t in due.items():
             bars = self.windows.tail(key, window)
             if not contiguous_tail(bars, window):
@@ -102,7 +103,7 @@ class Forecaster:
                 self.skipped["already_forecast"] += 1
                 continue
             series.append(bars)
-            closed_at.append(t)
+            closed_at[key] = t
         if not series:
             return []
         t0 = time.monotonic()
@@ -116,13 +117,14 @@ class Forecaster:
             log.warning("model output refused", extra={"symbols": len(rejected)})
         evaluator = self._evaluator_for(model)
         for forecast in forecasts:
-            self.sink.publish_forecast(forecast)
+            key = (forecast.exchange, forecast.symbol)
+            self.sink.publish_forecast(forecast, closed_at[key])
             evaluator.record(forecast)
-            self._last_bar_time[(forecast.exchange, forecast.symbol)] = forecast.bar_time_ms
+            self._last_bar_time[key] = forecast.bar_time_ms
         self.published_total += len(forecasts)
         self.rounds_total += 1
         if self._on_round is not None and forecasts:
-            self._on_round(inference_s, time.monotonic() - min(closed_at), len(forecasts))
+            self._on_round(inference_s, time.monotonic() - min(closed_at.values()), len(forecasts))
         self._publish_skill({(f.exchange, f.symbol) for f in forecasts})
         return forecasts
 

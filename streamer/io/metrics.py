@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter as TallyCounter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -128,6 +128,25 @@ class _StatsCollector(Collector):
             )
 
 
+class _ServingCollector(Collector):
+    """Model, forecasts, MQTT and online evaluation, read from their owners at scrape time."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self._metrics = metrics
+
+    def collect(self) -> Iterator[Metric]:
+        serving = self._metrics.serving
+        if serving is None:
+            return
+        yield from serving.metric_families()
+
+
+class ServingStats(Protocol):
+    """What the app's serving side exposes to the metrics collector (see streamer.app)."""
+
+    def metric_families(self) -> Iterable[Metric]: ...
+
+
 class Metrics:
     """All of the streamer's metrics, in one registry."""
 
@@ -161,6 +180,20 @@ class Metrics:
             registry=r,
         )
         self.info = Gauge("tickcast_build_info", "Streamer version", ["version"], registry=r)
+        self.inference_seconds = Histogram(
+            "tickcast_inference_seconds",
+            "One batched onnxruntime call at a minute close",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.close_to_publish_seconds = Histogram(
+            "tickcast_close_to_publish_seconds",
+            "From a bar's close to its forecast acknowledged by the broker (or printed)",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.serving: ServingStats | None = None
+        r.register(_ServingCollector(self))
         r.register(_StatsCollector(self))
 
     def add_feed(self, exchange: str) -> FeedStats:

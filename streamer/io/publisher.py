@@ -9,8 +9,10 @@ we were away (a restart without persistence), so every reconnect republishes the
 of each topic that has nothing newer queued. ``close`` drains, says ``offline`` and disconnects
 cleanly.
 
-TCP_NODELAY is set on the socket: with Nagle on, small publishes waited for the previous ACK
-and QoS 0 latency tails measured 15-40 ms on loopback.
+TCP_NODELAY is set on the socket: with Nagle on, QoS 0 latency tails measured 15-40 ms on
+loopback. The broker's side of the socket matters as much: a Mosquitto without
+``set_tcp_nodelay true`` holds back all but the first PUBACK of a burst until our delayed ACK
+(measured here: a burst of 10 QoS 1 forecasts took 42 ms to be ACKed, 1.5 ms with the option).
 """
 
 from __future__ import annotations
@@ -176,6 +178,7 @@ class MqttPublisher:
         self._drain_timeout: asyncio.Timeout | None = None
         self._run_task: asyncio.Task[None] | None = None
         self._hook_failed = False
+        self._bad_topic_logged = False
         self._outage_logged = False
 
     @property
@@ -188,7 +191,9 @@ class MqttPublisher:
         """Queue ``payload`` for ``topic``; when full, drop the topic's oldest, else the oldest."""
         if not topic or "+" in topic or "#" in topic:
             self.errors_total += 1
-            log.warning("mqtt: refusing to publish to invalid topic %r", topic)
+            if not self._bad_topic_logged:
+                log.warning("mqtt: refusing to publish to invalid topic %r (logged once)", topic)
+                self._bad_topic_logged = True
             return
         self._latest[topic] = payload
         if len(self._queue) >= self.options.queue_max:
@@ -216,7 +221,7 @@ class MqttPublisher:
     def _pop_oldest(self) -> _Pending:
         _, item = self._queue.popitem(last=False)
         seqs = self._queued_by_topic[item.topic]
-        seqs.popleft()  # per topic, sequence numbers are queued oldest first too
+        seqs.popleft()  # a topic's deque is in queue order, so its head is this item
         if not seqs:
             del self._queued_by_topic[item.topic]
         return item

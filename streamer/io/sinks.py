@@ -7,24 +7,43 @@ one of DESIGN.md section 3.2 (``streamer.core.payloads``) for both.
 from __future__ import annotations
 
 import sys
+import time
 from collections.abc import Callable
 from typing import TextIO
 
-from streamer.core.payloads import encode_forecast, encode_skill, skill_topic
+from streamer.core.payloads import encode_forecast, encode_skill, forecast_topic, skill_topic
 from streamer.core.types import Forecast
 from streamer.io.publisher import MqttPublisher
 
+LatencyObserver = Callable[[float], None]
+
 
 class MqttSink:
+    """Forecasts and skill figures to MQTT; close-to-ACK latency observed per forecast topic."""
+
     def __init__(
-        self, publisher: MqttPublisher, window_s: int, wall_clock_ms: Callable[[], int]
+        self,
+        publisher: MqttPublisher,
+        window_s: int,
+        wall_clock_ms: Callable[[], int],
+        observe_latency: LatencyObserver | None = None,
     ) -> None:
         self.publisher = publisher
         self.window_s = window_s
         self._wall_ms = wall_clock_ms
+        self._observe = observe_latency
+        self._closed_at: dict[str, float] = {}  # forecast topic -> when its bar closed
+        publisher.on_published = self._on_published
 
-    def publish_forecast(self, forecast: Forecast) -> None:
-        self.publisher.publish_forecast(forecast)
+    def publish_forecast(self, forecast: Forecast, closed_at: float) -> None:
+        topic = forecast_topic(self.publisher.options.prefix, forecast.exchange, forecast.symbol)
+        self._closed_at[topic] = closed_at
+        self.publisher.publish(topic, encode_forecast(forecast))
+
+    def _on_published(self, topic: str, _enqueue_to_ack_s: float) -> None:
+        closed_at = self._closed_at.pop(topic, None)
+        if closed_at is not None and self._observe is not None:
+            self._observe(time.monotonic() - closed_at)
 
     def publish_skill(
         self, exchange: str, symbol: str, figures: dict[int, dict[str, float]]
@@ -39,12 +58,29 @@ class MqttSink:
 class LineSink:
     """One JSON line per forecast (the DESIGN 3.2 payload), for runs without a terminal."""
 
-    def __init__(self, out: TextIO | None = None) -> None:
+    def __init__(
+        self, out: TextIO | None = None, observe_latency: LatencyObserver | None = None
+    ) -> None:
         self.out = out or sys.stdout
+        self._observe = observe_latency
 
-    def publish_forecast(self, forecast: Forecast) -> None:
+    def publish_forecast(self, forecast: Forecast, closed_at: float) -> None:
         self.out.write(encode_forecast(forecast).decode() + "\n")
         self.out.flush()
+        if self._observe is not None:
+            self._observe(time.monotonic() - closed_at)
+
+    def publish_skill(
+        self, exchange: str, symbol: str, figures: dict[int, dict[str, float]]
+    ) -> None:
+        return None
+
+
+class DiscardSink:
+    """No destination configured: forecasts are still made and scored, just not sent."""
+
+    def publish_forecast(self, forecast: Forecast, closed_at: float) -> None:
+        return None
 
     def publish_skill(
         self, exchange: str, symbol: str, figures: dict[int, dict[str, float]]

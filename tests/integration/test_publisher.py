@@ -200,12 +200,12 @@ async def test_cancelled_publisher_still_says_offline(mosquitto_server: ServerPr
 
 def test_full_queue_drops_the_oldest_of_the_same_topic_else_the_oldest() -> None:
     pub = MqttPublisher(options("mqtt://127.0.0.1:1", queue_max=3))
-    pub.publish("tc/a", b"a1")
-    pub.publish("tc/a", b"a2")
-    pub.publish("tc/b", b"b1")
+    for topic, payload in [("b", b"b1"), ("a", b"a1"), ("a", b"a2")]:
+        pub.publish(f"{PREFIX}/{topic}", payload)
     assert (pub.queued, pub.dropped_total) == (3, 0)
-    pub.publish("tc/a", b"a3")  # drops a1: queue a2 b1 a3
-    pub.publish("tc/c", b"c1")  # no c queued: drops the oldest, a2: queue b1 a3 c1
+    pub.publish("tc/a", b"a3")  # drops a1, not the older b1: queue b1 a2 a3
+    assert (pub.queued, pub.dropped_total) == (3, 1)
+    pub.publish("tc/c", b"c1")  # no c queued: drops the oldest, b1: queue a2 a3 c1
     assert (pub.queued, pub.dropped_total) == (3, 2)
     assert balanced(pub, 5)
     pub.publish("tc/a+", b"x")  # wildcards are not topics: refused and counted, queue untouched
@@ -213,19 +213,30 @@ def test_full_queue_drops_the_oldest_of_the_same_topic_else_the_oldest() -> None
     assert pub.published_total == 0 and not pub.connected
 
 
+@pytest.mark.parametrize(
+    ("sequence", "delivered", "republished"),
+    [
+        # the same topic's oldest goes first, even when another topic's payload is older
+        ("b1 a1 a2 a3", ["b1", "a2", "a3"], 0),
+        # c has nothing queued, so the oldest overall (b1) went; being b's newest, it comes
+        # back at the head of the queue when the connection opens
+        ("b1 a1 a2 a3 c1", ["b1", "a2", "a3", "c1"], 1),
+    ],
+)
 async def test_queued_survivors_are_delivered_in_order_once_connected(
-    mosquitto_server: ServerProcess,
+    mosquitto_server: ServerProcess, sequence: str, delivered: list[str], republished: int
 ) -> None:
     pub = MqttPublisher(options(mosquitto_server.url, queue_max=3))
-    for topic, payload in [("a", b"a1"), ("a", b"a2"), ("b", b"b1"), ("a", b"a3"), ("c", b"c1")]:
-        pub.publish(f"{PREFIX}/{topic}", payload)
+    for payload in sequence.split():
+        pub.publish(f"{PREFIX}/{payload[0]}", payload.encode())
     async with subscribed(mosquitto_server.port, f"{PREFIX}/+") as inbox:
         async with running(pub):
-            await inbox.wait_for(lambda m: len(m) == 3)
-            await wait_until(lambda: pub.published_total == 3)
-        assert [p for _, p, _ in inbox.messages] == [b"b1", b"a3", b"c1"]
-    assert (pub.dropped_total, pub.republished_total) == (2, 0)
-    assert balanced(pub, 5)
+            await inbox.wait_for(lambda m: len(m) == len(delivered))
+            await wait_until(lambda: pub.published_total == len(delivered))
+        assert [p.decode() for _, p, _ in inbox.messages] == delivered
+    assert pub.republished_total == republished
+    assert pub.dropped_total == len(sequence.split()) - 3
+    assert balanced(pub, len(sequence.split()))
 
 
 async def test_broker_restart_resumes_and_republishes_the_newest_per_topic(
