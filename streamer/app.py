@@ -156,6 +156,9 @@ class Streamer:
             self._session = session
             await self.ops.start()
             try:
+                if self.serving.watcher is not None:
+                    # a model already in the registry serves from the first minute close on
+                    await self.serving.watcher.check_once()
                 await self._restore()
                 self._build_feeds()
                 await self._serve()
