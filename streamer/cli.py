@@ -91,6 +91,15 @@ def cmd_replay_server(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_demo(args: argparse.Namespace) -> int:
+    from streamer.demo import run_demo
+    from streamer.logs import configure_logging
+
+    configure_logging("WARNING", False)
+    asyncio.run(run_demo(args, install_signal_handlers))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tickcast-streamer",
@@ -109,6 +118,20 @@ def build_parser() -> argparse.ArgumentParser:
     check = sub.add_parser("check-config", help="validate settings and print them, then exit")
     check.add_argument("--config", help="TOML settings file (also TICKCAST_CONFIG)")
     check.set_defaults(func=cmd_check_config)
+
+    demo = sub.add_parser(
+        "demo",
+        help="live forecasts from the bundled real-data replay, no outside service needed",
+        description=(
+            "Start the replay exchange on loopback with bundled real data, warm the windows "
+            "over REST, serve the bundled model and show forecasts live. TICKCAST_REDIS_URL "
+            "and TICKCAST_MQTT_URL, when set, make it use those servers."
+        ),
+    )
+    from streamer.demo import add_arguments as add_demo_arguments
+
+    add_demo_arguments(demo)
+    demo.set_defaults(func=cmd_demo)
 
     replay = sub.add_parser(
         "replay-server",
