@@ -8,6 +8,7 @@ either place, or a bad value, stops start-up with a message that names the key.
 from __future__ import annotations
 
 import os
+import zlib
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -99,6 +100,12 @@ class Settings(BaseSettings):
     mqtt_prefix: str = Field("tickcast", pattern=r"^[^+#\s]+$")
     mqtt_queue_max: int = Field(10_000, ge=1)
 
+    # --- sharding (Kubernetes StatefulSet): replica i of n takes the symbols hashing to i ---
+    shard_count: int = Field(1, ge=1)
+    shard_index: int | None = Field(
+        None, ge=0, description="unset: the ordinal suffix of HOSTNAME (pod-name-N), else 0"
+    )
+
     # --- operations ---
     metrics_host: str = "127.0.0.1"
     metrics_port: int = Field(9108, ge=0, le=65535)
@@ -161,7 +168,23 @@ class Settings(BaseSettings):
     def _check_backoff(self) -> Settings:
         if self.reconnect_max_s < self.reconnect_initial_s:
             raise ValueError("reconnect_max_s must be >= reconnect_initial_s")
+        if self.shard_index is not None and self.shard_index >= self.shard_count:
+            raise ValueError("shard_index must be < shard_count")
         return self
+
+    def shard(self) -> int:
+        """This replica's shard: the setting, else the StatefulSet ordinal in HOSTNAME."""
+        if self.shard_index is not None:
+            return self.shard_index
+        if self.shard_count == 1:
+            return 0
+        ordinal = os.environ.get("HOSTNAME", "").rpartition("-")[2]
+        if not ordinal.isdigit() or int(ordinal) >= self.shard_count:
+            raise SettingsError(
+                "TICKCAST_SHARD_INDEX is unset and HOSTNAME has no ordinal below "
+                f"TICKCAST_SHARD_COUNT={self.shard_count}"
+            )
+        return int(ordinal)
 
     def mqtt_password_value(self) -> str | None:
         """The MQTT password: from its file if one is named, else the setting, else None."""
@@ -175,9 +198,12 @@ class Settings(BaseSettings):
         return None
 
     def feeds(self) -> dict[str, list[str]]:
-        """Symbols grouped by exchange, in configured order."""
+        """This shard's symbols grouped by exchange, in configured order."""
         grouped: dict[str, list[str]] = {}
+        shard = self.shard()
         for item in self.symbols:
+            if shard_of(item, self.shard_count) != shard:
+                continue
             exchange, _, symbol = item.partition(":")
             grouped.setdefault(exchange, []).append(symbol)
         return grouped
@@ -204,6 +230,11 @@ class Settings(BaseSettings):
         return tuple(sources)
 
 
+def shard_of(symbol: str, shard_count: int) -> int:
+    """Stable shard of ``exchange:SYMBOL``: the same on every replica, run and Python."""
+    return zlib.crc32(symbol.encode()) % shard_count
+
+
 def _env_name(field: str) -> str:
     return f"{ENV_PREFIX}{field.upper()}"
 
@@ -219,7 +250,9 @@ def load_settings(config: str | Path | None = None, **overrides: Any) -> Setting
     if unknown:
         raise SettingsError(f"unknown setting {', '.join(unknown)} in the environment")
     try:
-        return Settings(**overrides)
+        settings = Settings(**overrides)
+        settings.shard()  # a replica that cannot tell its shard must not start
+        return settings
     except ValidationError as exc:
         problems = []
         for err in exc.errors():

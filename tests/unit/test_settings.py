@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from streamer.settings import SettingsError, load_settings
+from streamer.settings import SettingsError, load_settings, shard_of
 
 
 @pytest.fixture(autouse=True)
@@ -89,3 +89,21 @@ def test_settings_are_frozen() -> None:
     s = load_settings()
     with pytest.raises(ValueError):
         s.grace_ms = 1  # type: ignore[misc]
+
+
+def test_shards_split_symbols_stably_and_completely(monkeypatch: pytest.MonkeyPatch) -> None:
+    symbols = [f"binance:SYM{i}USDT" for i in range(40)]
+    seen: list[str] = []
+    for index in range(3):
+        s = load_settings(symbols=symbols, shard_count=3, shard_index=index)
+        seen += [f"binance:{x}" for x in s.feeds().get("binance", [])]
+    assert sorted(seen) == sorted(symbols)  # every symbol on exactly one shard
+    assert shard_of("binance:BTCUSDT", 3) == shard_of("binance:BTCUSDT", 3)
+    monkeypatch.setenv("HOSTNAME", "tickcast-streamer-2")
+    s = load_settings(symbols=symbols, shard_count=3)
+    assert s.shard() == 2
+    monkeypatch.setenv("HOSTNAME", "laptop")
+    with pytest.raises(SettingsError, match="TICKCAST_SHARD_INDEX"):
+        load_settings(symbols=symbols, shard_count=3).feeds()
+    with pytest.raises(SettingsError, match="shard_index"):
+        load_settings(symbols=symbols, shard_count=2, shard_index=2)
