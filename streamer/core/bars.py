@@ -40,7 +40,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from enum import StrEnum
 
 from streamer.core.types import MINUTE_MS, Bar, Trade
@@ -197,7 +197,7 @@ class BarAggregator:
         self._next_close_at_ms = _NEG
         # outage intervals [start, end] (inclusive), keyed by start so that an open-ended
         # interval marked at disconnect can be shortened at reconnect
-        self._outages: dict[int, int] = {}
+        self._outages: dict[tuple[int, frozenset[str] | None], int] = {}
 
     @property
     def accepted(self) -> int:
@@ -325,18 +325,19 @@ class BarAggregator:
             return self._close_through(horizon)
         return []
 
-    def mark_outage(self, start_ms: int, end_ms: int) -> None:
-        """Record that the feed may have missed trades during ``[start_ms, end_ms]``.
+    def mark_outage(self, start_ms: int, end_ms: int, symbols: Iterable[str] | None = None) -> None:
+        """Record that ``symbols`` (default: all) may have missed trades in ``[start_ms, end_ms]``.
 
         Bars closed from now on whose minute overlaps the interval come out ``complete=False``
         (flat ones too: a missed trade cannot be told from a quiet minute), for backfill to
         replace. Bars already returned are not revisited. Calling again with the same
-        ``start_ms`` replaces the end, so a shell can mark ``(t_disconnect, far future)`` at
-        disconnect and ``(t_disconnect, t_reconnect)`` once the feed is back.
+        ``start_ms`` and symbols replaces the end, so a shell can mark ``(t_disconnect, far
+        future)`` at disconnect and ``(t_disconnect, t_reconnect)`` once the feed is back.
+        A feed with several connections names the symbols of the one that dropped.
         """
         if end_ms < start_ms:
             raise ValueError(f"outage ends before it starts: {start_ms} > {end_ms}")
-        self._outages[start_ms] = end_ms
+        self._outages[(start_ms, None if symbols is None else frozenset(symbols))] = end_ms
 
     def seed(self, last_bar: Bar) -> None:
         """Restore a symbol after a restart from its newest stored bar.
@@ -379,10 +380,10 @@ class BarAggregator:
             complete,
         )
 
-    def _complete(self, minute_ms: int) -> bool:
+    def _complete(self, symbol: str, minute_ms: int) -> bool:
         end = minute_ms + MINUTE_MS
-        for start_ms, end_ms in self._outages.items():
-            if start_ms < end and end_ms >= minute_ms:
+        for (start_ms, symbols), end_ms in self._outages.items():
+            if start_ms < end and end_ms >= minute_ms and (symbols is None or symbol in symbols):
                 return False
         return True
 
@@ -400,7 +401,7 @@ class BarAggregator:
         self._next_close_at_ms = new_closed_before + MINUTE_MS + self.grace_ms
         if self._outages:
             # an interval that ends before every still-open minute cannot mark anything again
-            self._outages = {s: e for s, e in self._outages.items() if e >= new_closed_before}
+            self._outages = {k: e for k, e in self._outages.items() if e >= new_closed_before}
         if len(out) > 1:
             out.sort(key=_bar_order)
         return out
@@ -416,7 +417,7 @@ class BarAggregator:
                 mb = st.open.pop(minute)
                 if last_close is not None:
                     self._flat_bars(st.symbol, last_close, next_minute, minute, out, check_outage)
-                out.append(self._bar(st, mb, not check_outage or self._complete(minute)))
+                out.append(self._bar(st, mb, not check_outage or self._complete(st.symbol, minute)))
                 self._closed_trades += len(mb.qtys)
                 st.recent_ids.append(mb.ids)
                 last_close = mb.close
@@ -441,5 +442,5 @@ class BarAggregator:
         """Flat bars for the trade-less minutes in ``[start_ms, end_ms)``."""
         exchange = self.exchange
         for minute in range(start_ms, end_ms, MINUTE_MS):
-            complete = not check_outage or self._complete(minute)
+            complete = not check_outage or self._complete(symbol, minute)
             out.append(Bar(exchange, symbol, minute, price, price, price, price, 0.0, 0, complete))

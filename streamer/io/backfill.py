@@ -117,11 +117,13 @@ class RestBackfill:
                     raise BackfillError(
                         f"{self.exchange.name} {request.path} answered {status}: {body[:200]!r}"
                     )
-            self._count("ok")
             try:
-                return self.exchange.parse_bars(symbol, body)
+                bars = self.exchange.parse_bars(symbol, body)
             except ValueError as exc:
+                self._count("error")  # a 200 we cannot use is no success
                 raise BackfillError(f"{self.exchange.name} bars response unusable: {exc}") from None
+            self._count("ok")
+            return bars
         raise BackfillError(
             f"{self.exchange.name} backfill gave up after {self._max_attempts} tries"
         )

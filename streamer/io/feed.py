@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI, PayloadTooBig
+from websockets.frames import CloseCode
 
 from streamer.core.backoff import Backoff
 from streamer.core.bars import BarAggregator
@@ -30,6 +31,8 @@ log = logging.getLogger(__name__)
 
 Clock = Callable[[], int]
 SUBSCRIBE_SPACING_S = 0.25
+# the end of an outage that is still going on: every minute from its start is suspect
+OPEN_OUTAGE_END_MS = 2**62
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,6 +54,7 @@ class FeedOptions:
     rotate_margin_s: float = 900.0
     open_timeout_s: float = 10.0
     ping_interval_s: float = 20.0
+    close_timeout_s: float = 2.0
 
 
 class _Connection:
@@ -104,14 +108,18 @@ class Feed:
         """Ask every connection to close; ``run`` returns once they have."""
         self._stopping.set()
         for conn in self._live.values():
-            if conn.ws.transport is not None:
-                conn.ws.transport.abort()
+            _abort(conn.ws)
 
     @property
     def connected(self) -> bool:
         return len(self._live) == len(self.plans)
 
     async def run(self) -> None:
+        # an outage known up front (the start-up minute) is open until a connection delivers:
+        # minutes the clock closes before then must come out incomplete
+        for index, start in self._gap_start.items():
+            if start is not None:
+                self.aggregator.mark_outage(start, OPEN_OUTAGE_END_MS, self.plans[index].symbols)
         async with asyncio.TaskGroup() as tg:
             for i, plan in enumerate(self.plans):
                 tg.create_task(self._run_connection(i, plan), name=f"feed-{self.exchange.name}-{i}")
@@ -170,20 +178,28 @@ class Feed:
 
     # ---- connections --------------------------------------------------------------------------
 
-    async def _wait_connect_slot(self) -> None:
-        """Space connection attempts across the whole feed by the exchange's rate limit."""
+    async def _stopped_within(self, seconds: float) -> bool:
+        """Sleep ``seconds`` unless ``stop()`` comes first; True once stopping."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stopping.wait(), seconds)
+        return self._stopping.is_set()
+
+    async def _wait_connect_slot(self) -> bool:
+        """Space connection attempts across the whole feed by the exchange's rate limit.
+
+        Returns False when the feed is stopping instead."""
         async with self._connect_lock:
             delay = self._next_connect_at - time.monotonic()
-            if delay > 0:
-                await asyncio.sleep(delay)
+            if delay > 0 and await self._stopped_within(delay):
+                return False
             self._next_connect_at = time.monotonic() + 1.0 / self.exchange.connect_attempts_per_s
+        return not self._stopping.is_set()
 
     async def _run_connection(self, index: int, plan: ConnectionPlan) -> None:
         opts = self.options
         backoff = Backoff(opts.reconnect_initial_s, opts.reconnect_max_s)
         name = self.exchange.name
-        while not self._stopping.is_set():
-            await self._wait_connect_slot()
+        while await self._wait_connect_slot():
             cause = "error"
             conn: _Connection | None = None
             try:
@@ -193,10 +209,14 @@ class Feed:
                     open_timeout=opts.open_timeout_s,
                     ping_interval=opts.ping_interval_s,
                     ping_timeout=opts.ping_interval_s,
+                    close_timeout=opts.close_timeout_s,
                     compression=None,
                     max_queue=64,
                 ) as ws:
                     conn = _Connection(ws, self._clock())
+                    if self._stopping.is_set():  # stop() came while we were connecting
+                        _abort(ws)
+                        return
                     self._live[index] = conn
                     self.stats.connections_open += 1
                     try:
@@ -205,18 +225,21 @@ class Feed:
                                 await asyncio.sleep(SUBSCRIBE_SPACING_S)
                             await ws.send(message)
                         log.info("feed connected", extra={"exchange": name, "connection": index})
-                        # subscribed: from here on trades flow, so the outage ends now, even if
-                        # a quiet market sends nothing for a while
-                        self._close_gap(index)
                         cause = await self._receive(index, conn, backoff)
+                        if cause == "rotate":
+                            await self._close_draining(conn)
                     finally:
                         self._live.pop(index, None)
                         self.stats.connections_open -= 1
             except PayloadTooBig:
-                self._reject("frame_too_large", f"> {opts.max_frame_bytes} bytes")
                 cause = "frame_too_large"
-            except ConnectionClosed:
-                cause = "stale" if conn is not None and conn.stale else "closed"
+            except ConnectionClosed as exc:
+                if exc.sent is not None and exc.sent.code == CloseCode.MESSAGE_TOO_BIG:
+                    cause = "frame_too_large"  # websockets refused the frame and closed
+                elif conn is not None and conn.stale:
+                    cause = "stale"
+                else:
+                    cause = "closed"
             except (OSError, TimeoutError, InvalidHandshake, InvalidURI) as exc:
                 cause = "connect_failed"
                 log.warning(
@@ -225,18 +248,18 @@ class Feed:
                 )
             if self._stopping.is_set():
                 return
-            if self._gap_start[index] is None:
-                last = conn.last_clock_ms if conn is not None else self._clock()
-                self._gap_start[index] = last or None
+            if cause == "frame_too_large":
+                self._reject("frame_too_large", f"> {opts.max_frame_bytes} bytes")
+            if conn is not None:
+                self._open_gap(index, conn)
             self.stats.reconnects[cause] += 1
             delay = 0.0 if cause == "rotate" else backoff.next_delay()
             log.warning(
                 "feed disconnected",
                 extra={"exchange": name, "connection": index, "cause": cause, "retry_in_s": delay},
             )
-            if delay:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._stopping.wait(), delay)
+            if delay and await self._stopped_within(delay):
+                return
 
     async def _receive(self, index: int, conn: _Connection, backoff: Backoff) -> str:
         """Pump frames until the connection ends; returns why it ended."""
@@ -250,21 +273,57 @@ class Feed:
             conn.last_message = now
             conn.last_clock_ms = clock()
             self.stats.last_message_monotonic = now
-            if first:  # a connection that delivers data is a success: start backoff afresh
+            if first:
+                # The first reply comes after the exchange has taken our subscription (Binance:
+                # its ack), so from here on trades flow and the outage ends now, even if a quiet
+                # market sends nothing for a while. A connection that delivers is a success:
+                # the backoff starts afresh.
                 first = False
                 backoff.reset()
+                self._close_gap(index)
             handle(raw)
             if rotate_after is not None and now - conn.opened_at > rotate_after:
                 return "rotate"
         return "stale" if conn.stale else "closed"
 
+    async def _close_draining(self, conn: _Connection) -> None:
+        """Close gracefully while still aggregating what was sent before our close frame.
+
+        Reading on matters: once ``max_queue`` frames sit unread, websockets stops reading the
+        socket, never sees the exchange's close frame and waits out the whole close timeout
+        (under load, every rotation would stall the feed that long)."""
+        ws = conn.ws
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(ws.close(), name=f"feed-{self.exchange.name}-close")
+            with contextlib.suppress(ConnectionClosed):
+                async for raw in ws:
+                    conn.last_clock_ms = self._clock()
+                    self.handle_frame(raw)
+
+    def _open_gap(self, index: int, conn: _Connection) -> None:
+        """A connection ended: from its last frame on, this plan's symbols may miss trades.
+
+        The gap starts ``grace_ms`` before the clock reading at the last frame: trades still in
+        flight then (exchange time behind the clock by up to the grace, which is what the grace
+        allows for) are lost, and the minutes they belong to must not come out complete. The
+        outage stays open until a new connection delivers, so that minutes the clock closes
+        meanwhile are incomplete too."""
+        if self._gap_start[index] is not None or conn.last_clock_ms <= 0:
+            return  # already in a gap (nothing arrived since), or no clock to date it by
+        start = max(conn.last_clock_ms - self.aggregator.grace_ms, 0)
+        self._gap_start[index] = start
+        self.aggregator.mark_outage(start, OPEN_OUTAGE_END_MS, self.plans[index].symbols)
+
     def _close_gap(self, index: int) -> None:
         start = self._gap_start[index]
+        if start is None:
+            return
         self._gap_start[index] = None
         end = self._clock()
-        if start is None or end <= 0 or end < start:
+        if end <= 0:
             return
-        self.aggregator.mark_outage(start, end)
+        end = max(end, start)
+        self.aggregator.mark_outage(start, end, self.plans[index].symbols)
         self._on_gap(Gap(self.exchange.name, self.plans[index].symbols, start, end))
 
     async def _watchdog(self) -> None:
@@ -278,5 +337,10 @@ class Feed:
                 if not conn.stale and now - conn.last_message > self.options.stale_after_s:
                     conn.stale = True
                     log.warning("feed stale, reconnecting", extra={"exchange": self.exchange.name})
-                    if conn.ws.transport is not None:
-                        conn.ws.transport.abort()
+                    _abort(conn.ws)
+
+
+def _abort(ws: ClientConnection) -> None:
+    """Drop the TCP connection at once: the receive loop ends with ``ConnectionClosedError``."""
+    if ws.transport is not None:
+        ws.transport.abort()

@@ -380,3 +380,13 @@ def test_snap_volume() -> None:
 def test_invalid_settings() -> None:
     with pytest.raises(ValueError):
         BarAggregator("binance", grace_ms=-1)
+
+
+def test_outage_of_named_symbols_leaves_the_others_complete() -> None:
+    # a feed with two connections: only ETHUSDT's connection dropped
+    agg = BarAggregator("binance", grace_ms=GRACE)
+    agg.add(trade(1, M0 + 1, 9682.0))
+    agg.add(trade(2, M0 + 2, 150.0, symbol="ETHUSDT"))
+    agg.mark_outage(M0 + 30_000, M0 + 40_000, symbols=["ETHUSDT"])
+    closed = agg.on_clock(M1 + GRACE)
+    assert [(b.symbol, b.complete) for b in closed] == [("BTCUSDT", True), ("ETHUSDT", False)]
