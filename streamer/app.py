@@ -243,9 +243,21 @@ class Streamer:
                 self.windows.apply(stored)
                 if now > 0:
                     await self._startup_backfill(backfill, symbol, stored, now)
-                last = self.windows.last((exchange_name, symbol))
-                if last is not None:
-                    agg.seed(last)
+                seed = self._seed_bar((exchange_name, symbol), now)
+                if seed is not None:
+                    agg.seed(seed)
+
+    def _seed_bar(self, key: tuple[str, str], now: int) -> Bar | None:
+        """The newest stored bar of a closed minute: the aggregator continues after it.
+
+        A partial bar stored at shutdown for the minute still running now is skipped: this run
+        aggregates that minute again (as an outage, so backfill repairs it once it closes).
+        """
+        current = floor_minute(now) if now > 0 else None
+        for bar in reversed(self.windows.tail(key, 2)):
+            if current is None or bar.open_time_ms < current:
+                return bar
+        return None
 
     async def _startup_backfill(
         self, backfill: RestBackfill, symbol: str, stored: list[Bar], now: int
