@@ -24,7 +24,7 @@ from streamer.io.forecaster import ForecastSink
 from streamer.io.metrics import Metrics, OpsServer
 from streamer.io.publisher import MqttOptions, MqttPublisher
 from streamer.io.serving import Serving
-from streamer.io.sinks import DiscardSink, MqttSink
+from streamer.io.sinks import DiscardSink, FanOutSink, MqttSink
 from streamer.io.store import BarStore, BufferedBarWriter, MemoryBarStore, RedisBarStore
 from streamer.io.systemd import SystemdNotifier
 from streamer.settings import Settings
@@ -103,14 +103,16 @@ class Streamer:
         self.started = asyncio.Event()
         self.bar_listeners: list[Callable[[list[Bar]], None]] = []
         self.publisher: MqttPublisher | None = None
-        if sink is None and settings.mqtt_url:
+        if settings.mqtt_url:
             self.publisher = MqttPublisher(mqtt_options(settings))
-            sink = MqttSink(
+            mqtt_sink = MqttSink(
                 self.publisher,
                 settings.eval_window_s,
                 wall_clock_ms,
                 self.metrics.close_to_publish_seconds.observe,
             )
+            # an injected sink (the demo's console view) gets the forecasts as well
+            sink = mqtt_sink if sink is None else FanOutSink(sink, mqtt_sink)
             self.ops.add_check(
                 "mqtt", lambda: self.publisher is not None and self.publisher.connected
             )

@@ -13,6 +13,7 @@ from typing import TextIO
 
 from streamer.core.payloads import encode_forecast, encode_skill, forecast_topic, skill_topic
 from streamer.core.types import Forecast
+from streamer.io.forecaster import ForecastSink
 from streamer.io.publisher import MqttPublisher
 
 LatencyObserver = Callable[[float], None]
@@ -74,6 +75,23 @@ class LineSink:
         self, exchange: str, symbol: str, figures: dict[int, dict[str, float]]
     ) -> None:
         return None
+
+
+class FanOutSink:
+    """Each forecast and skill figure to several sinks: the demo's console view and MQTT."""
+
+    def __init__(self, *sinks: ForecastSink) -> None:
+        self.sinks = sinks
+
+    def publish_forecast(self, forecast: Forecast, closed_at: float) -> None:
+        for sink in self.sinks:
+            sink.publish_forecast(forecast, closed_at)
+
+    def publish_skill(
+        self, exchange: str, symbol: str, figures: dict[int, dict[str, float]]
+    ) -> None:
+        for sink in self.sinks:
+            sink.publish_skill(exchange, symbol, figures)
 
 
 class DiscardSink:

@@ -48,14 +48,19 @@ _Id = Annotated[int, msgspec.Meta(ge=0, le=_INT64_MAX)]
 _Time = Annotated[int, msgspec.Meta(gt=0, le=_INT64_MAX)]
 _Symbol = Annotated[str, msgspec.Meta(min_length=1)]
 _Positive = Annotated[float, msgspec.Meta(gt=0.0, le=sys.float_info.max)]
+# A trade's price and quantity: positive and below an absurd magnitude. Without the cap, two
+# trades of 1e308 in one minute overflow the bar's exact volume sum (math.fsum raises) and
+# the feed dies at the minute close; no real market trades 1e15 units at 1e15 a unit.
+_TRADE_AMOUNT_MAX: Final = 1e15
+_Amount = Annotated[float, msgspec.Meta(gt=0.0, le=_TRADE_AMOUNT_MAX)]
 _NonNegative = Annotated[float, msgspec.Meta(ge=0.0, le=sys.float_info.max)]
 
 
 class _TradeEvent(msgspec.Struct, tag_field="e", tag="trade", gc=False):
     symbol: _Symbol = msgspec.field(name="s")
     trade_id: _Id = msgspec.field(name="t")
-    price: _Positive = msgspec.field(name="p")
-    qty: _Positive = msgspec.field(name="q")
+    price: _Amount = msgspec.field(name="p")
+    qty: _Amount = msgspec.field(name="q")
     trade_time: _Time = msgspec.field(name="T")
     buyer_is_maker: bool = msgspec.field(name="m")
 
@@ -63,8 +68,8 @@ class _TradeEvent(msgspec.Struct, tag_field="e", tag="trade", gc=False):
 class _AggTradeEvent(msgspec.Struct, tag_field="e", tag="aggTrade", gc=False):
     symbol: _Symbol = msgspec.field(name="s")
     trade_id: _Id = msgspec.field(name="a")  # the aggregate trade id
-    price: _Positive = msgspec.field(name="p")
-    qty: _Positive = msgspec.field(name="q")
+    price: _Amount = msgspec.field(name="p")
+    qty: _Amount = msgspec.field(name="q")
     trade_time: _Time = msgspec.field(name="T")
     buyer_is_maker: bool = msgspec.field(name="m")
 

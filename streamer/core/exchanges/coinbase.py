@@ -41,14 +41,18 @@ _ONE_MS: Final = timedelta(milliseconds=1)
 
 _Id = Annotated[int, msgspec.Meta(ge=0, le=_INT64_MAX)]
 _Symbol = Annotated[str, msgspec.Meta(min_length=1)]
-_Positive = Annotated[float, msgspec.Meta(gt=0.0, le=sys.float_info.max)]
+# A trade's price and quantity: positive and below an absurd magnitude. Without the cap, two
+# trades of 1e308 in one minute overflow the bar's exact volume sum (math.fsum raises) and
+# the feed dies at the minute close; no real market trades 1e15 units at 1e15 a unit.
+_TRADE_AMOUNT_MAX: Final = 1e15
+_Amount = Annotated[float, msgspec.Meta(gt=0.0, le=_TRADE_AMOUNT_MAX)]
 
 
 class _Match(msgspec.Struct, tag_field="type", tag="match", gc=False):
     trade_id: _Id
     maker_side: Literal["buy", "sell"] = msgspec.field(name="side")
-    size: _Positive
-    price: _Positive
+    size: _Amount
+    price: _Amount
     product_id: _Symbol
     time: str
 

@@ -47,14 +47,18 @@ _REST_ASSET: Final = {"BTC": "XBT", "DOGE": "XDG"}
 
 _Id = Annotated[int, msgspec.Meta(ge=0, le=_INT64_MAX)]
 _Symbol = Annotated[str, msgspec.Meta(min_length=1)]
-_Positive = Annotated[float, msgspec.Meta(gt=0.0, le=sys.float_info.max)]
+# A trade's price and quantity: positive and below an absurd magnitude. Without the cap, two
+# trades of 1e308 in one minute overflow the bar's exact volume sum (math.fsum raises) and
+# the feed dies at the minute close; no real market trades 1e15 units at 1e15 a unit.
+_TRADE_AMOUNT_MAX: Final = 1e15
+_Amount = Annotated[float, msgspec.Meta(gt=0.0, le=_TRADE_AMOUNT_MAX)]
 
 
 class _Trade(msgspec.Struct, gc=False):
     symbol: _Symbol
     side: Literal["buy", "sell"]
-    price: _Positive
-    qty: _Positive
+    price: _Amount
+    qty: _Amount
     trade_id: _Id
     timestamp: str
 

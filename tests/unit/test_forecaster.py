@@ -1,0 +1,254 @@
+"""The minute-close round: a real ModelServer with the fixture model, real Binance bars.
+
+The model is the torch-free persistence-plus-band fixture (tests/fixtures/models.py), so every
+output is known in closed form. The server is a real ``ModelServer`` whose ``predict`` is
+wrapped only to count the calls and their batch sizes; the sink records what it is given.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from typing import Any
+
+import msgspec
+import numpy as np
+import pytest
+from fixtures.models import build_model, expected_output, real_bars
+
+from streamer.core.types import Bar, Forecast
+from streamer.core.windows import Windows
+from streamer.io.forecaster import Forecaster
+from streamer.io.model import LoadedModel, ModelServer, load_model
+
+WINDOW, HORIZON, BAND = 10, 3, 0.001
+LEVELS = (0.1, 0.5, 0.9)
+WALL_MS = 1_747_710_000_000
+FloatArray = np.ndarray[Any, np.dtype[np.float32]]
+Key = tuple[str, str]
+
+
+class CountingServer(ModelServer):
+    """A real ModelServer that remembers the batch shape of each predict call."""
+
+    def __init__(self) -> None:
+        super().__init__(max_age_s=None)
+        self.batches: list[tuple[int, ...]] = []
+
+    async def predict(self, batch: FloatArray, model: LoadedModel | None = None) -> FloatArray:
+        self.batches.append(batch.shape)
+        return await super().predict(batch, model)
+
+
+class SwapDuringPredict(CountingServer):
+    """Swaps in ``then`` while the first predict is in flight, as a watcher could."""
+
+    def __init__(self, then: LoadedModel) -> None:
+        super().__init__()
+        self.then: LoadedModel | None = then
+
+    async def predict(self, batch: FloatArray, model: LoadedModel | None = None) -> FloatArray:
+        if self.then is not None:
+            self.swap(self.then)
+            self.then = None
+        return await super().predict(batch, model)
+
+
+class RecordingSink:
+    def __init__(self) -> None:
+        self.forecasts: list[tuple[Forecast, float]] = []
+        self.skills: list[tuple[str, str, dict[int, dict[str, float]]]] = []
+        self.received = asyncio.Event()
+
+    def publish_forecast(self, forecast: Forecast, closed_at: float) -> None:
+        self.forecasts.append((forecast, closed_at))
+        self.received.set()
+
+    def publish_skill(
+        self, exchange: str, symbol: str, figures: dict[int, dict[str, float]]
+    ) -> None:
+        self.skills.append((exchange, symbol, figures))
+
+
+def model(version: str, band: float = BAND) -> LoadedModel:
+    data = build_model(version=version, window=WINDOW, horizon=HORIZON, band=band)
+    return load_model(data, source="test")
+
+
+@pytest.fixture
+def btc() -> list[Bar]:
+    bars: list[Bar] = real_bars("BTCUSDT")
+    return bars
+
+
+@pytest.fixture
+def eth() -> list[Bar]:
+    bars: list[Bar] = real_bars("ETHUSDT")
+    return bars
+
+
+def make(
+    windows: Windows, current: LoadedModel | None = None
+) -> tuple[Forecaster, CountingServer, RecordingSink]:
+    server = CountingServer()
+    if current is not None:
+        server.swap(current)
+    sink = RecordingSink()
+    forecaster = Forecaster(
+        windows,
+        server,
+        sink,
+        eval_horizons=[1, 2],
+        eval_window_ms=86_400_000,
+        wall_clock_ms=lambda: WALL_MS,
+    )
+    return forecaster, server, sink
+
+
+def close(forecaster: Forecaster, windows: Windows, bars: list[Bar]) -> dict[Key, float]:
+    """What the app does with closed bars: windows first, then the forecaster; the due set."""
+    windows.apply(bars)
+    forecaster.on_bars(bars)
+    due, forecaster._due = forecaster._due, {}
+    return due
+
+
+async def test_full_windows_forecast_in_one_batch_short_and_holed_ones_skipped(
+    btc: list[Bar], eth: list[Bar]
+) -> None:
+    windows = Windows(1440)
+    forecaster, server, sink = make(windows, model("v1"))
+    sol = [msgspec.structs.replace(b, symbol="SOLUSDT") for b in btc[: WINDOW - 1]]
+    # a hole: XRPUSDT has 20 bars with the 5th newest missing (an outage not yet backfilled)
+    xrp = [msgspec.structs.replace(b, symbol="XRPUSDT") for b in eth[:20]]
+    del xrp[-5]
+    due = close(forecaster, windows, btc[:30] + eth[:30] + sol + xrp)
+    assert set(due) == {("binance", s) for s in ("BTCUSDT", "ETHUSDT", "SOLUSDT", "XRPUSDT")}
+    forecasts = await forecaster.forecast_round(due)
+    assert server.batches == [(2, WINDOW, 5)]  # one call for every full window
+    assert [(f.symbol, f.bar_time_ms) for f in forecasts] == [
+        ("BTCUSDT", btc[29].open_time_ms),
+        ("ETHUSDT", eth[29].open_time_ms),
+    ]
+    assert forecaster.skipped == {"short_window": 2}
+    batch = np.array(
+        [[[b.open, b.high, b.low, b.close, b.volume] for b in s[20:30]] for s in (btc, eth)],
+        dtype=np.float32,
+    )
+    expected = expected_output(batch, HORIZON, LEVELS, BAND)
+    for f, rows in zip(forecasts, expected, strict=True):
+        assert f.values == tuple(tuple(float(v) for v in h) for h in rows)
+        assert (f.model_version, f.issued_at_ms, f.stale) == ("v1", WALL_MS, False)
+    assert [f for f, _ in sink.forecasts] == forecasts
+    assert [t for _, t in sink.forecasts] == [due[("binance", "BTCUSDT")]] * 2
+    assert forecaster.published_total == 2 and forecaster.rounds_total == 1
+
+
+async def test_a_repaired_last_bar_is_not_forecast_twice(btc: list[Bar]) -> None:
+    windows = Windows(1440)
+    forecaster, server, sink = make(windows, model("v1"))
+    first = await forecaster.forecast_round(close(forecaster, windows, btc[:WINDOW]))
+    assert [f.bar_time_ms for f in first] == [btc[WINDOW - 1].open_time_ms]
+    # backfill replaces the newest bar with the exchange's (different volume): due again, but
+    # that minute already has its forecast
+    repaired = msgspec.structs.replace(btc[WINDOW - 1], volume=btc[WINDOW - 1].volume + 1.0)
+    due = close(forecaster, windows, [repaired])
+    assert due.keys() == {("binance", "BTCUSDT")}
+    assert await forecaster.forecast_round(due) == []
+    assert forecaster.skipped == {"already_forecast": 1}
+    assert len(server.batches) == 1 and len(sink.forecasts) == 1
+    # a repair of an older bar does not even make the symbol due
+    older = msgspec.structs.replace(btc[3], volume=0.5)
+    assert close(forecaster, windows, [older]) == {}
+    # the next minute is forecast as usual
+    nxt = await forecaster.forecast_round(close(forecaster, windows, [btc[WINDOW]]))
+    assert [f.bar_time_ms for f in nxt] == [btc[WINDOW].open_time_ms]
+
+
+async def test_no_model_counts_every_due_symbol(btc: list[Bar], eth: list[Bar]) -> None:
+    windows = Windows(1440)
+    forecaster, server, sink = make(windows)
+    due = close(forecaster, windows, btc[:WINDOW] + eth[:WINDOW])
+    assert await forecaster.forecast_round(due) == []
+    assert forecaster.skipped == {"no_model": 2}
+    assert server.batches == [] and sink.forecasts == []
+
+
+async def test_a_swap_between_rounds_serves_from_the_next_round(btc: list[Bar]) -> None:
+    windows = Windows(1440)
+    v1, v2 = model("v1"), model("v2", band=0.004)
+    forecaster, server, sink = make(windows, v1)
+    rounds = [btc[:WINDOW], [btc[WINDOW]], [btc[WINDOW + 1]], [btc[WINDOW + 2]]]
+    versions = []
+    for i, bars in enumerate(rounds):
+        if i == 2:
+            server.swap(v2)  # lands between two rounds, as the registry watcher swaps
+        out = await forecaster.forecast_round(close(forecaster, windows, bars))
+        versions += [(f.bar_time_ms, f.model_version) for f in out]
+    times = [b.open_time_ms for b in btc[WINDOW - 1 : WINDOW + 3]]
+    assert versions == list(zip(times, ["v1", "v1", "v2", "v2"], strict=True))
+    last = sink.forecasts[-1][0]
+    close_now = btc[WINDOW + 2].close
+    # v2's wider band: the 0.9 quantile at +1 min is close * (1 + 1.2816 * 0.004)
+    assert last.values[0][2] == pytest.approx(close_now * (1 + 1.2815516 * 0.004), rel=1e-6)
+
+
+async def test_realised_closes_are_scored_and_skill_figures_published(btc: list[Bar]) -> None:
+    windows = Windows(1440)
+    forecaster, _, sink = make(windows, model("v1"))
+    await forecaster.forecast_round(close(forecaster, windows, btc[:WINDOW]))
+    assert sink.skills == []  # nothing realised yet
+    first = sink.forecasts[0][0]
+    assert forecaster.evaluator is not None
+    assert forecaster.evaluator.pending_count() == 1
+    # the next bar realises horizon 1 of the first forecast
+    await forecaster.forecast_round(close(forecaster, windows, [btc[WINDOW]]))
+    assert len(sink.skills) == 1
+    exchange, symbol, figures = sink.skills[0]
+    assert (exchange, symbol) == ("binance", "BTCUSDT")
+    actual = btc[WINDOW].close
+    h1 = figures[1]
+    assert h1["n"] == 1
+    assert h1["model_mae"] == abs(actual - first.values[0][1])
+    assert h1["persistence_mae"] == abs(actual - first.last_close)
+    assert h1["coverage"] == (1.0 if first.values[0][0] <= actual <= first.values[0][2] else 0.0)
+    assert h1["persistence_mae"] > 0  # the real close moved: 105970.52 -> 105951.16
+    assert h1["skill"] == 1.0 - h1["model_mae"] / h1["persistence_mae"]
+    assert figures[2]["n"] == 0 and math.isnan(figures[2]["model_mae"])
+    # one more bar: horizon 2 of the first and horizon 1 of the second are realised
+    await forecaster.forecast_round(close(forecaster, windows, [btc[WINDOW + 1]]))
+    figures = sink.skills[-1][2]
+    assert (figures[1]["n"], figures[2]["n"]) == (2, 1)
+    assert figures[2]["persistence_mae"] == abs(btc[WINDOW + 1].close - first.last_close)
+
+
+async def test_run_loop_forecasts_what_on_bars_marks_due(btc: list[Bar]) -> None:
+    windows = Windows(1440)
+    forecaster, server, sink = make(windows, model("v1"))
+    task = asyncio.create_task(forecaster.run())
+    try:
+        windows.apply(btc[:WINDOW])
+        forecaster.on_bars(btc[:WINDOW])
+        await asyncio.wait_for(sink.received.wait(), 10)
+    finally:
+        task.cancel()
+    assert [f.bar_time_ms for f, _ in sink.forecasts] == [btc[WINDOW - 1].open_time_ms]
+    assert server.batches == [(1, WINDOW, 5)]
+
+
+async def test_a_swap_during_a_round_does_not_mix_models(btc: list[Bar], eth: list[Bar]) -> None:
+    windows = Windows(1440)
+    v1, v2 = model("v1"), model("v2", band=0.004)
+    server = SwapDuringPredict(then=v2)
+    server.swap(v1)
+    sink = RecordingSink()
+    forecaster = Forecaster(
+        windows, server, sink, eval_horizons=[1], eval_window_ms=86_400_000,
+        wall_clock_ms=lambda: WALL_MS,
+    )  # fmt: skip
+    out = await forecaster.forecast_round(close(forecaster, windows, btc[:WINDOW] + eth[:WINDOW]))
+    # the round took v1 once: every forecast of it is v1's, values included (band 0.001)
+    assert [f.model_version for f in out] == ["v1", "v1"]
+    assert out[0].values[0][2] == pytest.approx(btc[WINDOW - 1].close * (1 + 1.2815516 * BAND))
+    nxt = await forecaster.forecast_round(close(forecaster, windows, [btc[WINDOW], eth[WINDOW]]))
+    assert [f.model_version for f in nxt] == ["v2", "v2"]

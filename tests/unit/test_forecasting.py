@@ -1,0 +1,104 @@
+"""``build_forecasts``: model output rows to ``Forecast`` values, bad rows refused by key.
+
+Pure: no model, no loop. The last bars are real Binance bars (tests/fixtures/bars); the output
+arrays are what a persistence-plus-band model gives for them, plus rows broken on purpose.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+from fixtures.models import band_factors, real_bars
+
+from streamer.core.contract import ModelSpec
+from streamer.core.forecasting import ModelIdentity, build_forecasts
+from streamer.core.types import Bar
+
+LEVELS = (0.1, 0.5, 0.9)
+HORIZON = 4
+SPEC = ModelSpec(
+    window=60,
+    horizon=HORIZON,
+    interval_s=60,
+    quantiles=LEVELS,
+    version="v3",
+    trained={"trained_at": "2025-08-18T18:27:00Z"},
+    metrics={},
+)
+IDENTITY = ModelIdentity("v3", "2025-08-18T18:27:00Z", stale=True)
+ISSUED_AT = 1_747_699_260_123
+
+
+def last_bars() -> list[Bar]:
+    """Three real last bars: BTCUSDT and ETHUSDT at their last minute, BTCUSDT a minute before."""
+    btc, eth = real_bars("BTCUSDT"), real_bars("ETHUSDT")
+    return [btc[-1], eth[-1], btc[-2]]
+
+
+def output_for(bars: list[Bar]) -> np.ndarray[Any, np.dtype[np.float32]]:
+    closes = np.array([[b.close] for b in bars], dtype=np.float32)[:, :, None]
+    return np.asarray(closes * band_factors(HORIZON, LEVELS, 0.002)[None], dtype=np.float32)
+
+
+def test_one_forecast_per_row_carrying_values_levels_and_identity_exactly() -> None:
+    bars = last_bars()
+    output = output_for(bars)
+    forecasts, rejected = build_forecasts(bars, output, SPEC, IDENTITY, ISSUED_AT)
+    assert rejected == []
+    assert len(forecasts) == 3
+    for bar, row, f in zip(bars, output, forecasts, strict=True):
+        assert (f.exchange, f.symbol) == (bar.exchange, bar.symbol)
+        assert f.bar_time_ms == bar.open_time_ms
+        assert f.last_close == bar.close
+        assert f.quantile_levels == LEVELS
+        # float32 -> float64 is exact: the payload carries exactly what the model produced
+        assert f.values == tuple(tuple(float(v) for v in h) for h in row)
+        assert all(type(v) is float for h in f.values for v in h)
+        assert f.horizon == HORIZON
+        assert (f.model_version, f.model_trained_at, f.stale) == ("v3", IDENTITY.trained_at, True)
+        assert f.issued_at_ms == ISSUED_AT
+
+
+def test_non_finite_and_crossing_rows_are_refused_by_key_and_the_rest_kept() -> None:
+    bars = last_bars()
+    output = output_for(bars)
+    output[0, 2, 1] = np.nan  # BTCUSDT: a NaN median at +3 min
+    output[1, 0, 0], output[1, 0, 2] = output[1, 0, 2], output[1, 0, 0]  # ETHUSDT: crossing
+    forecasts, rejected = build_forecasts(bars, output, SPEC, IDENTITY, ISSUED_AT)
+    assert rejected == [("binance", "BTCUSDT"), ("binance", "ETHUSDT")]
+    assert [(f.symbol, f.bar_time_ms) for f in forecasts] == [("BTCUSDT", bars[2].open_time_ms)]
+    assert forecasts[0].values == tuple(tuple(float(v) for v in h) for h in output[2])
+
+
+def test_infinite_row_is_refused() -> None:
+    bars = last_bars()[:1]
+    output = output_for(bars)
+    output[0, -1, -1] = np.inf
+    forecasts, rejected = build_forecasts(bars, output, SPEC, IDENTITY, ISSUED_AT)
+    assert (forecasts, rejected) == ([], [("binance", "BTCUSDT")])
+
+
+def test_equal_quantiles_do_not_cross() -> None:
+    bars = last_bars()[:1]
+    output = np.full((1, HORIZON, 3), bars[0].close, dtype=np.float32)
+    forecasts, rejected = build_forecasts(bars, output, SPEC, IDENTITY, ISSUED_AT)
+    assert rejected == [] and len(forecasts) == 1
+    assert forecasts[0].values[0] == (float(np.float32(bars[0].close)),) * 3
+
+
+@pytest.mark.parametrize(
+    "shape",
+    [(2, HORIZON, 3), (3, HORIZON + 1, 3), (3, HORIZON, 5), (3, HORIZON * 3)],
+    ids=["rows", "horizon", "levels", "rank"],
+)
+def test_output_of_the_wrong_shape_is_an_error(shape: tuple[int, ...]) -> None:
+    output = np.ones(shape, dtype=np.float32)
+    with pytest.raises(ValueError, match="model output shape"):
+        build_forecasts(last_bars(), output, SPEC, IDENTITY, ISSUED_AT)
+
+
+def test_empty_batch_gives_nothing() -> None:
+    output = np.empty((0, HORIZON, 3), dtype=np.float32)
+    assert build_forecasts([], output, SPEC, IDENTITY, ISSUED_AT) == ([], [])
