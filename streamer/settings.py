@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import zlib
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -25,6 +26,8 @@ from streamer.core.exchanges import get_exchange, names
 
 ENV_PREFIX = "TICKCAST_"
 CONFIG_ENV = "TICKCAST_CONFIG"
+# the TOML file of the load_settings call in progress (never written into os.environ)
+_CONFIG_FILE: ContextVar[str | None] = ContextVar("tickcast_config_file", default=None)
 
 
 BinanceChannel = Literal["trade", "aggTrade", "kline_1m"]
@@ -224,7 +227,7 @@ class Settings(BaseSettings):
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
-        config = os.environ.get(CONFIG_ENV)
+        config = _CONFIG_FILE.get() or os.environ.get(CONFIG_ENV)
         if config:
             sources.append(TomlConfigSettingsSource(settings_cls, toml_file=Path(config)))
         return tuple(sources)
@@ -241,14 +244,15 @@ def _env_name(field: str) -> str:
 
 def load_settings(config: str | Path | None = None, **overrides: Any) -> Settings:
     """Build the frozen settings or raise SettingsError naming the bad key."""
-    if config is not None:
-        if not Path(config).is_file():
-            raise SettingsError(f"config file {config} does not exist")
-        os.environ[CONFIG_ENV] = str(config)
+    if config is None:
+        config = os.environ.get(CONFIG_ENV) or None
+    if config is not None and not Path(config).is_file():
+        raise SettingsError(f"config file {config} does not exist")
     known = {_env_name(f) for f in Settings.model_fields} | {CONFIG_ENV}
     unknown = sorted(k for k in os.environ if k.startswith(ENV_PREFIX) and k not in known)
     if unknown:
         raise SettingsError(f"unknown setting {', '.join(unknown)} in the environment")
+    token = _CONFIG_FILE.set(str(config) if config is not None else None)
     try:
         settings = Settings(**overrides)
         settings.shard()  # a replica that cannot tell its shard must not start
@@ -263,3 +267,5 @@ def load_settings(config: str | Path | None = None, **overrides: Any) -> Setting
         raise SettingsError("invalid settings: " + "; ".join(problems)) from None
     except (OSError, ValueError) as exc:  # unreadable or malformed TOML
         raise SettingsError(f"cannot read settings: {exc}") from None
+    finally:
+        _CONFIG_FILE.reset(token)

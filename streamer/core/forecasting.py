@@ -13,7 +13,7 @@ import numpy as np
 import numpy.typing as npt
 
 from streamer.core.contract import ModelSpec, bad_output_rows
-from streamer.core.types import Bar, Forecast
+from streamer.core.types import Forecast
 
 Key = tuple[str, str]
 
@@ -28,32 +28,40 @@ class ModelIdentity:
 
 
 def build_forecasts(
-    last_bars: Sequence[Bar],
+    keys: Sequence[Key],
+    last_times_ms: Sequence[int],
+    last_closes: Sequence[float],
     output: npt.NDArray[np.float32],
     spec: ModelSpec,
     model: ModelIdentity,
     issued_at_ms: int,
 ) -> tuple[list[Forecast], list[Key]]:
-    """One forecast per row of ``output`` (``[n, horizon, n_quantiles]``), plus the bad keys."""
-    expected = (len(last_bars), spec.horizon, len(spec.quantiles))
+    """One forecast per row of ``output`` (``[n, horizon, n_quantiles]``), plus the bad keys.
+
+    Row ``i`` is the forecast for ``keys[i]`` made at the bar opening at ``last_times_ms[i]``
+    whose close was ``last_closes[i]``.
+    """
+    expected = (len(keys), spec.horizon, len(spec.quantiles))
     if output.shape != expected:
         raise ValueError(f"model output shape {output.shape}, expected {expected}")
     bad = bad_output_rows(output)
     forecasts: list[Forecast] = []
     rejected: list[Key] = []
     rows = output.astype(np.float64).tolist()
-    for bar, row, is_bad in zip(last_bars, rows, bad.tolist(), strict=True):
+    for key, t, close, row, is_bad in zip(
+        keys, last_times_ms, last_closes, rows, bad.tolist(), strict=True
+    ):
         if is_bad:
-            rejected.append(bar.key)
+            rejected.append(key)
             continue
         forecasts.append(
             Forecast(
-                exchange=bar.exchange,
-                symbol=bar.symbol,
-                bar_time_ms=bar.open_time_ms,
-                last_close=bar.close,
+                exchange=key[0],
+                symbol=key[1],
+                bar_time_ms=t,
+                last_close=close,
                 quantile_levels=spec.quantiles,
-                values=tuple(tuple(h) for h in row),
+                values=tuple(map(tuple, row)),
                 model_version=model.version,
                 model_trained_at=model.trained_at,
                 stale=model.stale,

@@ -16,15 +16,15 @@ from collections.abc import Callable
 from typing import Protocol
 
 from streamer.core.evaluation import OnlineEvaluator
-from streamer.core.features import contiguous_tail, window_array
 from streamer.core.forecasting import ModelIdentity, build_forecasts
 from streamer.core.types import Bar, Forecast
-from streamer.core.windows import Windows
+from streamer.core.windows import CLOSE, Windows
 from streamer.io.model import LoadedModel, ModelServer
 
 log = logging.getLogger(__name__)
 
 Key = tuple[str, str]
+SKILL_SLICE = 100  # symbols whose skill figures are computed between two yields to the loop
 
 
 class ForecastSink(Protocol):
@@ -84,7 +84,8 @@ class Forecaster:
             await self._wake.wait()
             self._wake.clear()
             due, self._due = self._due, {}
-            await self.forecast_round(due)
+            forecasts = await self.forecast_round(due)
+            await self.publish_skill(forecasts)
 
     async def forecast_round(self, due: dict[Key, float]) -> list[Forecast]:
         model = self.server.current
@@ -92,41 +93,51 @@ class Forecaster:
             self.skipped["no_model"] += len(due)
             return []
         window = model.spec.window
-        series: list[list[Bar]] = []
-        closed_at: dict[Key, float] = {}
-        for key, t in due.items():
-            bars = self.windows.tail(key, window)
-            if not contiguous_tail(bars, window):
+        keys: list[Key] = []
+        last_times: list[int] = []
+        last_closes: list[float] = []
+        for key in due:
+            series = self.windows.series(key)
+            if series is None or not series.full_tail(window):
                 self.skipped["short_window"] += 1
                 continue
-            if self._last_bar_time.get(key) == bars[-1].open_time_ms:
+            last_time = int(series.times[series.n - 1])
+            if self._last_bar_time.get(key) == last_time:
                 self.skipped["already_forecast"] += 1
                 continue
-            series.append(bars)
-            closed_at[key] = t
-        if not series:
+            keys.append(key)
+            last_times.append(last_time)
+            last_closes.append(float(series.values[series.n - 1, CLOSE]))
+        if not keys:
             return []
-        batch = window_array(series, window)
-        t0 = time.monotonic()  # the inference alone: building the batch is not timed here
+        batch = self.windows.batch(keys, window)
+        t0 = time.monotonic()
         output = await self.server.predict(batch, model)
         inference_s = time.monotonic() - t0
         forecasts, rejected = build_forecasts(
-            [s[-1] for s in series], output, model.spec, self._identity(model), self._wall_ms()
+            keys,
+            last_times,
+            last_closes,
+            output,
+            model.spec,
+            self._identity(model),
+            self._wall_ms(),
         )
         if rejected:
             self.skipped["bad_output"] += len(rejected)
             log.warning("model output refused", extra={"symbols": len(rejected)})
-        evaluator = self._evaluator_for(model)
         for forecast in forecasts:
             key = (forecast.exchange, forecast.symbol)
-            self.sink.publish_forecast(forecast, closed_at[key])
-            evaluator.record(forecast)
+            self.sink.publish_forecast(forecast, due[key])
             self._last_bar_time[key] = forecast.bar_time_ms
         self.published_total += len(forecasts)
         self.rounds_total += 1
         if self._on_round is not None and forecasts:
-            self._on_round(inference_s, time.monotonic() - min(closed_at.values()), len(forecasts))
-        self._publish_skill({(f.exchange, f.symbol) for f in forecasts})
+            closed = min(due[(f.exchange, f.symbol)] for f in forecasts)
+            self._on_round(inference_s, time.monotonic() - closed, len(forecasts))
+        evaluator = self._evaluator_for(model)
+        for forecast in forecasts:
+            evaluator.record(forecast)
         return forecasts
 
     def _identity(self, model: LoadedModel) -> ModelIdentity:
@@ -141,11 +152,16 @@ class Forecaster:
             self.evaluator = current
         return current
 
-    def _publish_skill(self, keys: set[Key]) -> None:
+    async def publish_skill(self, forecasts: list[Forecast]) -> None:
+        """Skill figures of the symbols just forecast: after the forecasts, in slices that
+        yield to the loop, so they never hold up the forecasts' own publishing."""
         evaluator = self.evaluator
         if evaluator is None:
             return
-        for exchange, symbol in sorted(keys):
+        keys = sorted({(f.exchange, f.symbol) for f in forecasts})
+        for i, (exchange, symbol) in enumerate(keys):
+            if i and i % SKILL_SLICE == 0:
+                await asyncio.sleep(0)
             figures = evaluator.figures(exchange, symbol)
             if any(f.n for f in figures):
                 self.sink.publish_skill(

@@ -14,7 +14,6 @@ from collections.abc import Callable, Iterable
 import numpy as np
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
-from streamer.core.features import contiguous_tail, window_array
 from streamer.core.types import Bar, Forecast
 from streamer.core.windows import Windows
 from streamer.io.forecaster import Forecaster, ForecastSink
@@ -82,15 +81,15 @@ class Serving:
 
     def smoke_windows(self, window: int) -> np.ndarray | None:
         """Real recent windows for a candidate model's smoke inference (None: none full yet)."""
-        series = []
-        keys = self.windows.keys()
-        for key in keys:
-            bars = self.windows.tail(key, window)
-            if contiguous_tail(bars, window):
-                series.append(bars)
-            if len(series) == SMOKE_SERIES:
+        keys = []
+        candidates = self.windows.keys()
+        for key in candidates:
+            series = self.windows.series(key)
+            if series is not None and series.full_tail(window):
+                keys.append(key)
+            if len(keys) == SMOKE_SERIES:
                 break
-        return window_array(series, window) if series else None
+        return self.windows.batch(keys, window) if keys else None
 
     @property
     def ready(self) -> bool:

@@ -196,13 +196,17 @@ async def test_a_swap_between_rounds_serves_from_the_next_round(btc: list[Bar]) 
 async def test_realised_closes_are_scored_and_skill_figures_published(btc: list[Bar]) -> None:
     windows = Windows(1440)
     forecaster, _, sink = make(windows, model("v1"))
-    await forecaster.forecast_round(close(forecaster, windows, btc[:WINDOW]))
+    await forecaster.publish_skill(
+        await forecaster.forecast_round(close(forecaster, windows, btc[:WINDOW]))
+    )
     assert sink.skills == []  # nothing realised yet
     first = sink.forecasts[0][0]
     assert forecaster.evaluator is not None
     assert forecaster.evaluator.pending_count() == 1
     # the next bar realises horizon 1 of the first forecast
-    await forecaster.forecast_round(close(forecaster, windows, [btc[WINDOW]]))
+    await forecaster.publish_skill(
+        await forecaster.forecast_round(close(forecaster, windows, [btc[WINDOW]]))
+    )
     assert len(sink.skills) == 1
     exchange, symbol, figures = sink.skills[0]
     assert (exchange, symbol) == ("binance", "BTCUSDT")
@@ -216,7 +220,9 @@ async def test_realised_closes_are_scored_and_skill_figures_published(btc: list[
     assert h1["skill"] == 1.0 - h1["model_mae"] / h1["persistence_mae"]
     assert figures[2]["n"] == 0 and math.isnan(figures[2]["model_mae"])
     # one more bar: horizon 2 of the first and horizon 1 of the second are realised
-    await forecaster.forecast_round(close(forecaster, windows, [btc[WINDOW + 1]]))
+    await forecaster.publish_skill(
+        await forecaster.forecast_round(close(forecaster, windows, [btc[WINDOW + 1]]))
+    )
     figures = sink.skills[-1][2]
     assert (figures[1]["n"], figures[2]["n"]) == (2, 1)
     assert figures[2]["persistence_mae"] == abs(btc[WINDOW + 1].close - first.last_close)

@@ -14,7 +14,7 @@ from fixtures.models import band_factors, real_bars
 
 from streamer.core.contract import ModelSpec
 from streamer.core.forecasting import ModelIdentity, build_forecasts
-from streamer.core.types import Bar
+from streamer.core.types import Bar, Forecast
 
 LEVELS = (0.1, 0.5, 0.9)
 HORIZON = 4
@@ -31,6 +31,19 @@ IDENTITY = ModelIdentity("v3", "2025-08-18T18:27:00Z", stale=True)
 ISSUED_AT = 1_747_699_260_123
 
 
+
+def build(bars: list[Bar], output: np.ndarray) -> tuple[list[Forecast], list[tuple[str, str]]]:
+    """``build_forecasts`` for the last bars of the series: keys, open times and closes."""
+    return build_forecasts(
+        [b.key for b in bars],
+        [b.open_time_ms for b in bars],
+        [b.close for b in bars],
+        output,
+        SPEC,
+        IDENTITY,
+        ISSUED_AT,
+    )
+
 def last_bars() -> list[Bar]:
     """Three real last bars: BTCUSDT and ETHUSDT at their last minute, BTCUSDT a minute before."""
     btc, eth = real_bars("BTCUSDT"), real_bars("ETHUSDT")
@@ -45,7 +58,7 @@ def output_for(bars: list[Bar]) -> np.ndarray[Any, np.dtype[np.float32]]:
 def test_one_forecast_per_row_carrying_values_levels_and_identity_exactly() -> None:
     bars = last_bars()
     output = output_for(bars)
-    forecasts, rejected = build_forecasts(bars, output, SPEC, IDENTITY, ISSUED_AT)
+    forecasts, rejected = build(bars, output)
     assert rejected == []
     assert len(forecasts) == 3
     for bar, row, f in zip(bars, output, forecasts, strict=True):
@@ -66,7 +79,7 @@ def test_non_finite_and_crossing_rows_are_refused_by_key_and_the_rest_kept() -> 
     output = output_for(bars)
     output[0, 2, 1] = np.nan  # BTCUSDT: a NaN median at +3 min
     output[1, 0, 0], output[1, 0, 2] = output[1, 0, 2], output[1, 0, 0]  # ETHUSDT: crossing
-    forecasts, rejected = build_forecasts(bars, output, SPEC, IDENTITY, ISSUED_AT)
+    forecasts, rejected = build(bars, output)
     assert rejected == [("binance", "BTCUSDT"), ("binance", "ETHUSDT")]
     assert [(f.symbol, f.bar_time_ms) for f in forecasts] == [("BTCUSDT", bars[2].open_time_ms)]
     assert forecasts[0].values == tuple(tuple(float(v) for v in h) for h in output[2])
@@ -76,14 +89,14 @@ def test_infinite_row_is_refused() -> None:
     bars = last_bars()[:1]
     output = output_for(bars)
     output[0, -1, -1] = np.inf
-    forecasts, rejected = build_forecasts(bars, output, SPEC, IDENTITY, ISSUED_AT)
+    forecasts, rejected = build(bars, output)
     assert (forecasts, rejected) == ([], [("binance", "BTCUSDT")])
 
 
 def test_equal_quantiles_do_not_cross() -> None:
     bars = last_bars()[:1]
     output = np.full((1, HORIZON, 3), bars[0].close, dtype=np.float32)
-    forecasts, rejected = build_forecasts(bars, output, SPEC, IDENTITY, ISSUED_AT)
+    forecasts, rejected = build(bars, output)
     assert rejected == [] and len(forecasts) == 1
     assert forecasts[0].values[0] == (float(np.float32(bars[0].close)),) * 3
 
@@ -96,9 +109,9 @@ def test_equal_quantiles_do_not_cross() -> None:
 def test_output_of_the_wrong_shape_is_an_error(shape: tuple[int, ...]) -> None:
     output = np.ones(shape, dtype=np.float32)
     with pytest.raises(ValueError, match="model output shape"):
-        build_forecasts(last_bars(), output, SPEC, IDENTITY, ISSUED_AT)
+        build(last_bars(), output)
 
 
 def test_empty_batch_gives_nothing() -> None:
     output = np.empty((0, HORIZON, 3), dtype=np.float32)
-    assert build_forecasts([], output, SPEC, IDENTITY, ISSUED_AT) == ([], [])
+    assert build([], output) == ([], [])

@@ -107,3 +107,13 @@ def test_shards_split_symbols_stably_and_completely(monkeypatch: pytest.MonkeyPa
         load_settings(symbols=symbols, shard_count=3).feeds()
     with pytest.raises(SettingsError, match="shard_index"):
         load_settings(symbols=symbols, shard_count=2, shard_index=2)
+
+
+def test_loading_a_config_file_leaves_the_environment_alone(tmp_path: Path) -> None:
+    import os
+
+    conf = tmp_path / "c.toml"
+    conf.write_text("grace_ms = 500\n")
+    load_settings(conf)
+    assert "TICKCAST_CONFIG" not in os.environ
+    assert load_settings().grace_ms == 2000
