@@ -87,7 +87,7 @@ async def child(n_symbols: int, cap: int, data: Path, model_bytes: bytes) -> dic
 
     settings = load_settings(
         symbols=[f"binance:{s}" for s in names],
-        window_cap=cap,
+        window_memory_bars=cap,
         redis_url="redis://127.0.0.1:1/0",  # as deployed; never connected here
         mqtt_url="mqtt://127.0.0.1:1",
         metrics_port=0,

@@ -74,7 +74,7 @@ class Streamer:
         self.settings = settings
         self.metrics = Metrics()
         self.metrics.info.labels(__version__).set(1)
-        self.windows = Windows(settings.window_cap)
+        self.windows = Windows(settings.window_memory_bars)
         if store is None:
             store = (
                 RedisBarStore.from_url(settings.redis_url, cap=settings.window_cap)
@@ -236,7 +236,9 @@ class Streamer:
             self.aggregators[exchange_name] = agg
             for symbol in symbols:
                 try:
-                    stored = await self.store.load(exchange_name, symbol, self.settings.window_cap)
+                    stored = await self.store.load(
+                        exchange_name, symbol, self.settings.window_memory_bars
+                    )
                 except Exception as exc:  # a down Redis must not stop start-up
                     log.warning(
                         "cannot restore window", extra={"symbol": symbol, "error": repr(exc)[:200]}

@@ -76,7 +76,10 @@ class Settings(BaseSettings):
 
     # --- storage ---
     redis_url: str | None = Field(None, description="redis:// or rediss://; unset = in memory")
-    window_cap: int = Field(1440, ge=1)
+    window_cap: int = Field(1440, ge=1, description="bars kept per symbol in Redis")
+    window_memory_bars: int = Field(
+        240, ge=1, description="bars kept per symbol in memory; at least the model's window"
+    )
     redis_buffer_max_bars: int = Field(100_000, ge=1)
 
     redis_password_file: Path | None = Field(None, description="file holding the Redis password")

@@ -34,6 +34,15 @@ Every trade is accepted or dropped; the counters ``accepted``, ``duplicates``, `
 * future: ``ts_ms`` beyond the latest clock reading plus ``future_tolerance_ms``. It must not
   move the watermark, or a bad exchange clock would close every other symbol's bars early.
   Before the first clock reading there is no reference, so nothing is future.
+
+A late or future trade is a real trade the bar of its minute will lack (an exchange whose clock
+jumped, or a feed lagging by more than the grace). Its minute is therefore *suspect*:
+``take_suspects`` hands the shell every suspect minute once it has closed, so that the shell
+re-fetches it from the exchange's REST bars, which hold the trade (the bar itself stays as the
+accepted trades make it: flags and closing follow the rules above). Bounded: minutes more than
+``SUSPECT_HORIZON_MS`` away from the clock (broken timestamps rather than a clock jump) are only
+counted, and at most ``SUSPECT_MINUTES_MAX`` minutes wait at a time (``suspects_dropped``
+counts the rest).
 """
 
 from __future__ import annotations
@@ -47,6 +56,9 @@ from streamer.core.types import MINUTE_MS, Bar, Trade
 
 # ids of this many closed minutes (with trades) per symbol are remembered for duplicate checks
 RECENT_CLOSED_MINUTES = 2
+# late/future trades further than this from the clock are not worth a REST repair
+SUSPECT_HORIZON_MS = 24 * 3_600_000
+SUSPECT_MINUTES_MAX = 1024
 
 _NEG = -(2**62)  # "minus infinity" for int-ms fields, keeps the hot path free of None checks
 _POS = 2**62
@@ -186,6 +198,9 @@ class BarAggregator:
         self.future = 0
         # the latest rejected trade and why: the shell's sample for its once-per-kind log line
         self.last_rejected: tuple[AddOutcome, Trade] | None = None
+        # minute -> symbols with a late or future trade there, waiting for take_suspects()
+        self._suspects: dict[int, set[str]] = {}
+        self.suspects_dropped = 0
         self._closed_trades = 0  # accepted trades already emitted in closed bars
         self._symbols: dict[str, _Symbol] = {}
         self._watermark_ms = _NEG
@@ -249,10 +264,39 @@ class BarAggregator:
             self.duplicates += 1
         elif outcome is AddOutcome.LATE:
             self.late += 1
+            self._suspect(trade)
         else:
             self.future += 1
+            self._suspect(trade)
         self.last_rejected = (outcome, trade)
         return []
+
+    def _suspect(self, trade: Trade) -> None:
+        """Note that the bar of ``trade``'s minute will lack it (slow path only)."""
+        ts = trade.ts_ms
+        reference = self._clock_ms if self._clock_ms != _NEG else self._watermark_ms
+        if reference == _NEG or abs(ts - reference) > SUSPECT_HORIZON_MS:
+            return  # no reference, or a broken timestamp: counted, nothing to repair
+        minute = ts - ts % MINUTE_MS
+        symbols = self._suspects.get(minute)
+        if symbols is None:
+            if len(self._suspects) >= SUSPECT_MINUTES_MAX:
+                self.suspects_dropped += 1
+                return
+            symbols = self._suspects[minute] = set()
+        symbols.add(trade.symbol)
+
+    def take_suspects(self) -> tuple[int, int, frozenset[str]] | None:
+        """The closed minutes that lack a late or future trade: ``(first open time, last open
+        time, symbols)`` for the shell to re-fetch over REST, or None. Each is handed out once;
+        minutes not yet closed (a future trade's) wait until they are."""
+        closed = [m for m in self._suspects if m < self._closed_before_ms]
+        if not closed:
+            return None
+        symbols: set[str] = set()
+        for minute in closed:
+            symbols |= self._suspects.pop(minute)
+        return min(closed), max(closed), frozenset(symbols)
 
     def _add_slow(self, trade: Trade, st: _Symbol | None) -> list[Bar]:
         """Every case but the hot one: new symbol or minute, out of order, rejections."""

@@ -24,13 +24,14 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import msgspec
 import numpy as np
 import numpy.typing as npt
 
 from streamer.core.types import MINUTE_MS, Bar, Forecast
 
 DAY_MS = 86_400_000
-DEFAULT_PENDING_SLACK = 60  # minutes a forecast may wait beyond its horizon for a backfilled bar
+DEFAULT_PENDING_SLACK = 15  # minutes a forecast may wait beyond its horizon for a backfilled bar
 
 Key = tuple[str, str]
 
@@ -146,6 +147,7 @@ class OnlineEvaluator:
         if window_ms < MINUTE_MS:
             raise ValueError(f"window_ms must be at least a minute, got {window_ms}")
         self.horizons = tuple(sorted(horizons))
+        self._tracked = frozenset(self.horizons)
         self.quantile_levels = tuple(sorted(set(levels)))
         self.window_ms = window_ms
         self.bucket_ms = bucket_ms or max(MINUTE_MS, window_ms // 24)
@@ -180,11 +182,18 @@ class OnlineEvaluator:
             return self._reject("horizon")
         pending = self._pending.setdefault((forecast.exchange, forecast.symbol), {})
         pending.pop(forecast.bar_time_ms, None)  # a re-issued forecast replaces the first one
-        pending[forecast.bar_time_ms] = _Pending(forecast, 0, remaining)
+        pending[forecast.bar_time_ms] = _Pending(self._trimmed(forecast), 0, remaining)
         while len(pending) > self.max_pending:
             del pending[next(iter(pending))]
             self.evicted_unscored_total += 1
         return True
+
+    def _trimmed(self, forecast: Forecast) -> Forecast:
+        """Only the rows of tracked horizons are kept while a forecast waits: 1,000 symbols
+        keep tens of thousands of forecasts pending, and untracked rows are most of them."""
+        tracked = self._tracked
+        values = tuple(row if h in tracked else () for h, row in enumerate(forecast.values, 1))
+        return msgspec.structs.replace(forecast, values=values)
 
     def observe(self, bar: Bar) -> int:
         """Score the pending forecasts whose target minute ``bar`` is; returns how many."""

@@ -171,10 +171,17 @@ class Feed:
             if closed:
                 self._emit(closed)
         agg = self.aggregator
+        suspects = agg.take_suspects()
+        if suspects is not None:
+            # closed minutes whose bars lack a late or future trade: re-fetch them over REST,
+            # whose bars hold every trade, like the minutes of an outage
+            first, last, symbols = suspects
+            self._on_gap(Gap(self.exchange.name, tuple(sorted(symbols)), first, last))
         self.stats.trades = agg.accepted
         self.stats.dropped["late"] = agg.late
         self.stats.dropped["duplicate"] = agg.duplicates
         self.stats.dropped["future"] = agg.future
+        self.stats.repairs_dropped = agg.suspects_dropped
 
     # ---- connections --------------------------------------------------------------------------
 

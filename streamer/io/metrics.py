@@ -38,6 +38,8 @@ class FeedStats:
     last_message_monotonic: float | None = None
     bars_complete: int = 0
     bars_incomplete: int = 0
+    # minutes lacking a late/future trade that could not be queued for a REST repair
+    repairs_dropped: int = 0
 
 
 class WriterStats(Protocol):
@@ -80,6 +82,11 @@ class _StatsCollector(Collector):
         bars = CounterMetricFamily(
             "tickcast_bars_closed", "Bars closed by the aggregator", labels=["exchange", "complete"]
         )
+        repairs_dropped = CounterMetricFamily(
+            "tickcast_repairs_dropped",
+            "Minutes lacking a late or future trade not re-fetched (repair list full)",
+            labels=["exchange"],
+        )
         connections = GaugeMetricFamily(
             "tickcast_feed_connections", "Open WebSocket connections", labels=["exchange"]
         )
@@ -99,10 +106,11 @@ class _StatsCollector(Collector):
                 reconnects.add_metric([s.exchange, cause], n)
             bars.add_metric([s.exchange, "true"], s.bars_complete)
             bars.add_metric([s.exchange, "false"], s.bars_incomplete)
+            repairs_dropped.add_metric([s.exchange], s.repairs_dropped)
             connections.add_metric([s.exchange], s.connections_open)
             if s.last_message_monotonic is not None:
                 age.add_metric([s.exchange], now - s.last_message_monotonic)
-        yield from (trades, rejected, dropped, reconnects, bars, connections, age)
+        yield from (trades, rejected, dropped, reconnects, bars, repairs_dropped, connections, age)
 
         writer = self._metrics.writer
         if writer is not None:
