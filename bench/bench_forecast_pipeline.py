@@ -225,20 +225,21 @@ class TimedServer(ModelServer):
 
 
 class TimedForecaster(Forecaster):
-    """The real Forecaster; the start of each round, of its skill step and its end are noted.
+    """The real Forecaster; the start and end of each round and of its skill step are noted.
 
     ``skill = False`` is a what-if (``--no-skill``): no skill figures after the forecasts.
     """
 
     round_started: float = 0.0
-    skill_started: float = 0.0
     round_ended: float = 0.0
+    skill_seconds: float = 0.0
     skill = True
 
-    def _publish_skill(self, keys: set[tuple[str, str]]) -> None:
-        self.skill_started = time.monotonic()
+    async def publish_skill(self, forecasts: list[Forecast]) -> None:
+        started = time.monotonic()
         if self.skill:
-            super()._publish_skill(keys)
+            await super().publish_skill(forecasts)
+        self.skill_seconds = time.monotonic() - started
 
     async def forecast_round(self, due: dict[tuple[str, str], float]) -> list[Forecast]:
         self.round_started = time.monotonic()
@@ -253,8 +254,8 @@ PHASES = {
     "features": "window tails and the float32 batch (to predict)",
     "inference": "the onnxruntime call on the worker thread, thread hops included",
     "forecasts": "forecasts built, checked, encoded, queued for MQTT, recorded for scoring",
-    "skill": "skill figures computed, encoded and queued",
-    "mqtt_to_last_ack": "publisher: round end to the last forecast's PUBACK",
+    "mqtt_to_last_ack": "publisher: round end to the last forecast's PUBACK (the skill step, "
+    "computed after the forecasts are queued in slices that yield to the loop, overlaps it)",
 }
 
 
@@ -264,7 +265,9 @@ class Samples:
     ack: list[float] = field(default_factory=list)  # close -> last forecast ACKed
     redis: list[float] = field(default_factory=list)  # the Redis write round (concurrent)
     mqtt_to_last_received: list[float] = field(default_factory=list)  # round end -> received
-    phases: dict[str, list[float]] = field(default_factory=lambda: {k: [] for k in PHASES})
+    phases: dict[str, list[float]] = field(
+        default_factory=lambda: {k: [] for k in [*PHASES, "skill"]}
+    )
 
 
 async def run_pipeline(
@@ -367,9 +370,10 @@ async def run_pipeline(
                 samples.redis.append(sum(redis_rounds))
                 samples.mqtt_to_last_received.append(received_at - f.round_ended)
                 marks = [closed_at, f.round_started, server.started, server.ended,
-                         f.skill_started, f.round_ended, last_ack]  # fmt: skip
+                         f.round_ended, last_ack]  # fmt: skip
                 for phase, start, end in zip(PHASES, marks, marks[1:], strict=False):
                     samples.phases[phase].append(end - start)
+                samples.phases["skill"].append(f.skill_seconds)
             await publisher.close(5.0)
             for task in tasks:
                 task.cancel()
