@@ -18,11 +18,18 @@ $(STAMP): pyproject.toml
 venv: $(STAMP)
 
 # redis-server and mosquitto are Debian packages; the test fixtures start their own instances.
+# promtool (package prometheus; its service is not started) checks the alert rules and
+# systemd-analyze (package systemd) verifies the units; tests/deploy skip loudly without them.
+REQUIRED_TOOLS := redis-server:redis-server mosquitto:mosquitto
+OPTIONAL_TOOLS := promtool:prometheus systemd-analyze:systemd
+missing_packages = $$(for tool in $(1); do command -v $${tool%%:*} >/dev/null || test -x /usr/sbin/$${tool%%:*} || echo $${tool\#\#*:}; done)
+APT := $$([ "$$(id -u)" = 0 ] || echo sudo) apt-get
 deps:
-	@if ! command -v redis-server >/dev/null || ! { command -v mosquitto >/dev/null || test -x /usr/sbin/mosquitto; }; then \
-		if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq redis-server mosquitto; \
-		else sudo apt-get update -qq && sudo apt-get install -y -qq redis-server mosquitto; fi; \
-	fi
+	@required="$(call missing_packages,$(REQUIRED_TOOLS))"; optional="$(call missing_packages,$(OPTIONAL_TOOLS))"; \
+	if [ -n "$$required$$optional" ]; then $(APT) update -qq; fi; \
+	if [ -n "$$required" ]; then $(APT) install -y -qq $$required || exit 1; fi; \
+	if [ -n "$$optional" ]; then $(APT) install -y -qq --no-install-recommends $$optional \
+		|| echo "WARNING: could not install $$optional: tests/deploy skip those checks loudly"; fi
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check streamer trainer tests bench

@@ -218,9 +218,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     models: dict[str, Any] = {}
     for i, path in enumerate(args.model or []):
-        models["model" if i == 0 else f"model{i + 1}:{Path(path).parent.name}"] = (
-            OnnxForecaster.from_path(Path(path))
-        )
+        models["model" if i == 0 else f"model{i + 1}"] = OnnxForecaster.from_path(Path(path))
     if args.version:
         registry = _open_registry(args.registry)
         for version in args.version:

@@ -126,12 +126,13 @@ def ewma_sigma(series: Series, window: int, lam: float = EWMA_LAMBDA) -> npt.NDA
 
 
 def static_return_quantiles(
-    series: Sequence[Series], fit: Split, window: int, horizon: int, levels: Sequence[float]
+    series: Sequence[Series], fit: Split, horizon: int, levels: Sequence[float]
 ) -> npt.NDArray[np.float64]:
-    """Empirical quantiles ``[horizon, Q]`` of h-bar log returns over the fit range."""
+    """Empirical quantiles ``[horizon, Q]`` of h-bar log returns over the fit range (any
+    gap-free pair of bars ``t``, ``t+h`` inside it; no window is needed)."""
     pooled = []
     for s in series:
-        origins = valid_origins(s, window, horizon, fit.start_ms, fit.end_ms)
+        origins = valid_origins(s, 1, horizon, fit.start_ms, fit.end_ms)
         if origins.shape[0]:
             pooled.append(np.log(future_closes(s, origins, horizon) / s.close[origins][:, None]))
     if not pooled:
@@ -273,7 +274,7 @@ def evaluate(
     horizon = max(m.horizon for m in models.values())
     first = next(iter(models.values()))
     levels = tuple(levels or first.quantiles)
-    static_q = static_return_quantiles(series, fit_split, window, horizon, levels)
+    static_q = static_return_quantiles(series, fit_split, horizon, levels)
     per_series: dict[str, Any] = {}
     data: list[EvalData] = []
     pooled: dict[str, list[npt.NDArray[np.float64]]] = {}

@@ -23,7 +23,7 @@ Why it is shaped like this:
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from statistics import NormalDist
 from typing import Any
 
@@ -49,7 +49,6 @@ class ModelConfig:
     dropout: float = 0.0
     # largest median shift in units of sigma*sqrt(h); 0 pins the median to the last close
     median_shift: float = 0.1
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.window < 16:

@@ -193,15 +193,11 @@ def load_config(path: Path, store_override: Path | None = None) -> RunConfig:
             raise ConfigError("split: give both train_end and val_end, or neither")
         if (split.val_days is None) != (split.test_days is None):
             raise ConfigError("split: give both val_days and test_days, or neither")
-        m = _take(
-            dict(raw.get("model", {})), {f.name for f in fields(ModelConfig)} - {"extra"}, "model"
-        )
+        m = _take(dict(raw.get("model", {})), {f.name for f in fields(ModelConfig)}, "model")
         if "quantiles" in m:
             m["quantiles"] = tuple(float(q) for q in m["quantiles"])
         model = ModelConfig(**m)
-        t = _take(
-            dict(raw.get("train", {})), {f.name for f in fields(TrainSettings)} - {"extra"}, "train"
-        )
+        t = _take(dict(raw.get("train", {})), {f.name for f in fields(TrainSettings)}, "train")
         settings = TrainSettings(**t)
         r = _take(
             dict(raw.get("report", {})), {"plot_series", "plot_hours", "plot_start"}, "report"

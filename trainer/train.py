@@ -9,7 +9,7 @@ from __future__ import annotations
 import copy
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
@@ -33,7 +33,6 @@ class TrainSettings:
     patience: int = 3
     threads: int = 2
     max_steps: int = 0  # 0: no limit (tests use a handful)
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.batch_size < 1 or self.max_epochs < 1 or self.patience < 1:
@@ -136,7 +135,7 @@ def fit(
             optimiser.step()
             scheduler.step()
             step += 1
-            running += float(loss) * rows.shape[0]
+            running += loss.item() * rows.shape[0]
             seen += rows.shape[0]
         val_loss = evaluate_loss(model, val, val_rows)
         elapsed = time.monotonic() - started

@@ -132,7 +132,7 @@ class Windows:
         return s.bar(key[0], key[1], s.n - 1)
 
     def tail(self, key: Key, n: int) -> list[Bar]:
-        """The newest ``n`` bars as ``Bar`` values, oldest first (fewer if the window is shorter)."""
+        """The newest ``n`` bars as ``Bar`` values, oldest first (fewer if the window is short)."""
         s = self._series.get(key)
         if s is None:
             return []

@@ -19,11 +19,11 @@ from typing import Any
 import aiohttp
 import aiomqtt
 import pytest
+from conftest import ServerProcess
 from fixtures.models import build_model, publish_dir
 from harness import REPLAY_GRACE_MS, REPLAY_SPEED, running, settings_for
 from prometheus_client.parser import text_string_to_metric_families
 
-from conftest import ServerProcess
 from streamer.app import Streamer
 from streamer.core.payloads import validate_forecast_payload
 from streamer.core.types import MINUTE_MS
@@ -108,10 +108,11 @@ async def test_forecasts_every_minute_with_swap_and_refusal(
         async with running(streamer):
 
             async def operator() -> None:
-                while server.clock_ms() < swap_at:
+                # the replay clock has no event to wait on: poll it
+                while server.clock_ms() < swap_at:  # noqa: ASYNC110
                     await asyncio.sleep(0.01)
                 publish_dir(registry, "v2", v2)
-                while server.clock_ms() < corrupt_at:
+                while server.clock_ms() < corrupt_at:  # noqa: ASYNC110
                     await asyncio.sleep(0.01)
                 publish_dir(registry, "v3", v1, model_bytes=v1[: len(v1) // 2])  # truncated
 

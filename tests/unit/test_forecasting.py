@@ -31,7 +31,6 @@ IDENTITY = ModelIdentity("v3", "2025-08-18T18:27:00Z", stale=True)
 ISSUED_AT = 1_747_699_260_123
 
 
-
 def build(bars: list[Bar], output: np.ndarray) -> tuple[list[Forecast], list[tuple[str, str]]]:
     """``build_forecasts`` for the last bars of the series: keys, open times and closes."""
     return build_forecasts(
@@ -43,6 +42,7 @@ def build(bars: list[Bar], output: np.ndarray) -> tuple[list[Forecast], list[tup
         IDENTITY,
         ISSUED_AT,
     )
+
 
 def last_bars() -> list[Bar]:
     """Three real last bars: BTCUSDT and ETHUSDT at their last minute, BTCUSDT a minute before."""
