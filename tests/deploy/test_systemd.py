@@ -1,7 +1,7 @@
 """The systemd units: they verify, their hardening scores, and the streamer runs under W^X.
 
 The units name their programs under /opt/tickcast/venv (the install path of
-docs/operations.md). ``systemd-analyze verify`` insists that ExecStart programs exist, so the
+README.md). ``systemd-analyze verify`` insists that ExecStart programs exist, so the
 test verifies copies whose /opt/tickcast/venv/bin/ is replaced by this virtualenv's bin/; nothing
 else is changed.
 """

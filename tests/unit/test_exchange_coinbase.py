@@ -307,7 +307,8 @@ def test_parse_bars_on_real_candles() -> None:
         (b"[[1513468800,", "malformed_json"),
         (b'"candles"', "bad_type"),
         (b"[[1513468800,1,2,1,2]]", "missing_field"),
-        (b'[[1513468800,"1",2,1,2,5]]', "bad_type"),
+        (b'[[1513468800,"x",2,1,2,5]]', "bad_value"),  # decimal strings are accepted
+        (b"[[1513468800,true,2,1,2,5]]", "bad_type"),
         (b"[[1513468800.0,1,2,1,2,5]]", "bad_type"),
         (b"[[1513468830,1,2,1,2,5]]", "bad_value"),
         (b"[[1513468800,1,2,3,2,5]]", "bad_value"),

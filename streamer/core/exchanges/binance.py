@@ -24,35 +24,37 @@ channels, malformed input) falls back to a slower generic decode that classifies
 
 from __future__ import annotations
 
-import math
 import sys
 from typing import Annotated, Any, Final
 
 import msgspec
 
+from streamer.core.exchanges._common import (
+    INT64_MAX,
+    TRADE_AMOUNT_MAX,
+    bounded,
+    cell_integer,
+    cell_number,
+    checked_bar,
+    decode_any,
+    validation_reason,
+)
 from streamer.core.exchanges.base import ConnectionPlan, FrameError, RestRequest
-from streamer.core.types import MINUTE_MS, Bar, Side, Trade
+from streamer.core.types import Bar, Side, Trade
 
 __all__ = ["BINANCE", "BinanceSpot"]
 
 _NAME: Final = "binance"
 _CHANNELS: Final = ("trade", "aggTrade", "kline_1m")
 _STREAMS_PER_SUBSCRIBE: Final = 200
-_INF: Final = math.inf
-_DETAIL_MAX: Final = 200
-_INT64_MAX: Final = 2**63 - 1
 
 # Validation lives in the types, so msgspec checks it in C while decoding: prices and
 # quantities finite and > 0 (NaN and inf fail these bounds), ids >= 0, times > 0.
-_Id = Annotated[int, msgspec.Meta(ge=0, le=_INT64_MAX)]
-_Time = Annotated[int, msgspec.Meta(gt=0, le=_INT64_MAX)]
+_Id = Annotated[int, msgspec.Meta(ge=0, le=INT64_MAX)]
+_Time = Annotated[int, msgspec.Meta(gt=0, le=INT64_MAX)]
 _Symbol = Annotated[str, msgspec.Meta(min_length=1)]
 _Positive = Annotated[float, msgspec.Meta(gt=0.0, le=sys.float_info.max)]
-# A trade's price and quantity: positive and below an absurd magnitude. Without the cap, two
-# trades of 1e308 in one minute overflow the bar's exact volume sum (math.fsum raises) and
-# the feed dies at the minute close; no real market trades 1e15 units at 1e15 a unit.
-_TRADE_AMOUNT_MAX: Final = 1e15
-_Amount = Annotated[float, msgspec.Meta(gt=0.0, le=_TRADE_AMOUNT_MAX)]
+_Amount = Annotated[float, msgspec.Meta(gt=0.0, le=TRADE_AMOUNT_MAX)]
 _NonNegative = Annotated[float, msgspec.Meta(ge=0.0, le=sys.float_info.max)]
 
 
@@ -82,7 +84,7 @@ class _Kline(msgspec.Struct, gc=False):
     low: _Positive = msgspec.field(name="l")
     close: _Positive = msgspec.field(name="c")
     volume: _NonNegative = msgspec.field(name="v")
-    trades: Annotated[int, msgspec.Meta(ge=0, le=_INT64_MAX)] = msgspec.field(name="n")
+    trades: Annotated[int, msgspec.Meta(ge=0, le=INT64_MAX)] = msgspec.field(name="n")
     closed: bool = msgspec.field(name="x")
 
 
@@ -102,37 +104,12 @@ class _Combined(msgspec.Struct, gc=False):
 # strict=False lets msgspec turn Binance's decimal strings ("13.80480000") into floats in C.
 _RAW_DECODER: Final = msgspec.json.Decoder(_Event, strict=False)
 _COMBINED_DECODER: Final = msgspec.json.Decoder(_Combined, strict=False)
-_ANY_DECODER: Final = msgspec.json.Decoder()
 _EVENT_TYPES: Final[dict[str, type[_TradeEvent | _AggTradeEvent | _KlineEvent]]] = {
     "trade": _TradeEvent,
     "aggTrade": _AggTradeEvent,
     "kline": _KlineEvent,
 }
 _COMBINED_HINT: Final = frozenset((ord("s"), "s"))
-
-
-def _bounded(text: str) -> str:
-    return text if len(text) <= _DETAIL_MAX else text[: _DETAIL_MAX - 3] + "..."
-
-
-def _decode_any(raw: bytes | str) -> Any:
-    """Generic decode; input that is not JSON at all (bad UTF-8, absurd nesting) included."""
-    try:
-        return _ANY_DECODER.decode(raw)
-    except (msgspec.DecodeError, RecursionError, UnicodeError) as exc:
-        raise FrameError("malformed_json", _bounded(str(exc))) from None
-
-
-def _reason(error: msgspec.ValidationError) -> str:
-    """Map a msgspec validation message onto the bounded reason labels used in metrics."""
-    message = str(error)
-    if "missing required field" in message:
-        return "missing_field"
-    if message.startswith(("Invalid enum value", "Number out of range")) or (
-        message.startswith("Expected `") and any(op in message for op in (">", "<", "length"))
-    ):
-        return "bad_value"
-    return "bad_type"
 
 
 class BinanceSpot:
@@ -216,13 +193,13 @@ class BinanceSpot:
 
     def _parse_slow(self, raw: bytes | str) -> list[Trade | Bar]:
         """Classify a frame that is not a well-formed trade/aggTrade/kline event."""
-        frame = _decode_any(raw)
+        frame = decode_any(raw)
         if isinstance(frame, list):
             return []  # array streams such as !ticker@arr
         if not isinstance(frame, dict):
             raise FrameError("bad_type", f"top-level JSON {type(frame).__name__}, not an object")
         if "code" in frame and "msg" in frame:
-            raise FrameError("exchange_error", _bounded(f"code {frame['code']}: {frame['msg']}"))
+            raise FrameError("exchange_error", bounded(f"code {frame['code']}: {frame['msg']}"))
         event: Any = frame.get("data", frame) if "stream" in frame else frame
         if not isinstance(event, dict):
             return []
@@ -233,7 +210,7 @@ class BinanceSpot:
         try:
             typed = msgspec.convert(event, event_type, strict=False)
         except msgspec.ValidationError as exc:
-            raise FrameError(_reason(exc), _bounded(str(exc))) from None
+            raise FrameError(validation_reason(exc), bounded(str(exc))) from None
         return _records(typed)
 
     def bars_request(self, symbol: str, start_ms: int, end_ms: int) -> RestRequest:
@@ -257,9 +234,9 @@ class BinanceSpot:
     def parse_bars(self, symbol: str, raw: bytes) -> list[Bar]:
         """Parse ``/api/v3/klines`` rows ``[open time, o, h, l, c, volume, close time,
         quote volume, trades, taker buy base, taker buy quote, ignore]``."""
-        rows = _decode_any(raw)
+        rows = decode_any(raw)
         if isinstance(rows, dict) and "code" in rows:
-            raise FrameError("exchange_error", _bounded(f"code {rows['code']}: {rows.get('msg')}"))
+            raise FrameError("exchange_error", bounded(f"code {rows['code']}: {rows.get('msg')}"))
         if not isinstance(rows, list):
             raise FrameError("bad_type", "klines response is not a list")
         bars = [_rest_bar(symbol, row) for row in rows]
@@ -282,45 +259,10 @@ def _kline_bar(event: _KlineEvent) -> list[Trade | Bar]:
     if not k.closed or k.interval != "1m":
         return []
     return [
-        _checked_bar(event.symbol, k.open_time, k.open, k.high, k.low, k.close, k.volume, k.trades)
+        checked_bar(
+            _NAME, event.symbol, k.open_time, k.open, k.high, k.low, k.close, k.volume, k.trades
+        )
     ]
-
-
-def _checked_bar(
-    symbol: str,
-    open_time_ms: int,
-    open_: float,
-    high: float,
-    low: float,
-    close: float,
-    volume: float,
-    trades: int,
-) -> Bar:
-    if not 0 < open_time_ms <= _INT64_MAX or open_time_ms % MINUTE_MS:
-        raise FrameError("bad_value", f"bar open time {open_time_ms} is not a minute start")
-    if not all(0.0 < p < _INF for p in (open_, high, low, close)):
-        raise FrameError("bad_value", f"bar prices {(open_, high, low, close)} not finite > 0")
-    if not (high >= max(open_, close, low) and low <= min(open_, close)):
-        raise FrameError("bad_value", f"bar high/low inconsistent: {(open_, high, low, close)}")
-    if not (0.0 <= volume < _INF) or not 0 <= trades <= _INT64_MAX:
-        raise FrameError("bad_value", f"bar volume {volume!r} / trades {trades} invalid")
-    return Bar(_NAME, symbol, open_time_ms, open_, high, low, close, volume, trades)
-
-
-def _number(value: object, what: str) -> float:
-    """A kline cell: Binance sends decimals as strings; accept JSON numbers as well."""
-    if isinstance(value, bool) or not isinstance(value, str | int | float):
-        raise FrameError("bad_type", f"{what} is {type(value).__name__}, not a decimal string")
-    try:
-        return float(value)
-    except (ValueError, OverflowError):
-        raise FrameError("bad_value", f"{what} {value!r} is not a float") from None
-
-
-def _integer(value: object, what: str) -> int:
-    if isinstance(value, int) and not isinstance(value, bool):
-        return value
-    raise FrameError("bad_type", f"{what} is {type(value).__name__}, not an integer")
 
 
 def _rest_bar(symbol: str, row: object) -> Bar:
@@ -328,15 +270,16 @@ def _rest_bar(symbol: str, row: object) -> Bar:
         raise FrameError("bad_type", "kline row is not an array")
     if len(row) < 9:
         raise FrameError("missing_field", f"kline row has {len(row)} columns, expected 12")
-    return _checked_bar(
+    return checked_bar(
+        _NAME,
         symbol,
-        _integer(row[0], "open time"),
-        _number(row[1], "open"),
-        _number(row[2], "high"),
-        _number(row[3], "low"),
-        _number(row[4], "close"),
-        _number(row[5], "volume"),
-        _integer(row[8], "trade count"),
+        cell_integer(row[0], "open time"),
+        cell_number(row[1], "open"),
+        cell_number(row[2], "high"),
+        cell_number(row[3], "low"),
+        cell_number(row[4], "close"),
+        cell_number(row[5], "volume"),
+        cell_integer(row[8], "trade count"),
     )
 
 

@@ -27,31 +27,34 @@ Kraken's pair name (the ``altname`` of ``/0/public/AssetPairs``), which still sp
 
 from __future__ import annotations
 
-import sys
 from typing import Annotated, Any, Final, Literal
 
 import msgspec
 
+from streamer.core.exchanges._common import (
+    INT64_MAX,
+    TRADE_AMOUNT_MAX,
+    bounded,
+    cell_integer,
+    cell_number,
+    checked_bar,
+    decode_any,
+    iso8601_to_ms,
+    validation_reason,
+)
 from streamer.core.exchanges.base import ConnectionPlan, FrameError, RestRequest
-from streamer.core.exchanges.coinbase import iso8601_to_ms
-from streamer.core.types import MINUTE_MS, Bar, Trade
+from streamer.core.types import Bar, Trade
 
 __all__ = ["KRAKEN", "KrakenSpot", "rest_pair"]
 
 _NAME: Final = "kraken"
 _CHANNELS: Final = ("trade",)
-_DETAIL_MAX: Final = 200
-_INT64_MAX: Final = 2**63 - 1
 # REST pair names keep Kraken's legacy asset codes; WebSocket v2 uses the common ones.
 _REST_ASSET: Final = {"BTC": "XBT", "DOGE": "XDG"}
 
-_Id = Annotated[int, msgspec.Meta(ge=0, le=_INT64_MAX)]
+_Id = Annotated[int, msgspec.Meta(ge=0, le=INT64_MAX)]
 _Symbol = Annotated[str, msgspec.Meta(min_length=1)]
-# A trade's price and quantity: positive and below an absurd magnitude. Without the cap, two
-# trades of 1e308 in one minute overflow the bar's exact volume sum (math.fsum raises) and
-# the feed dies at the minute close; no real market trades 1e15 units at 1e15 a unit.
-_TRADE_AMOUNT_MAX: Final = 1e15
-_Amount = Annotated[float, msgspec.Meta(gt=0.0, le=_TRADE_AMOUNT_MAX)]
+_Amount = Annotated[float, msgspec.Meta(gt=0.0, le=TRADE_AMOUNT_MAX)]
 
 
 class _Trade(msgspec.Struct, gc=False):
@@ -77,36 +80,12 @@ class _Status(msgspec.Struct, tag_field="channel", tag="status", gc=False):
 
 # strict (the default): v2 prices are JSON numbers, and a string is a protocol error.
 _DECODER: Final = msgspec.json.Decoder(_TradeMessage | _Heartbeat | _Status)
-_ANY_DECODER: Final = msgspec.json.Decoder()
 
 
 def rest_pair(symbol: str) -> str:
     """``BTC-USD`` -> ``XBTUSD``: the pair name Kraken's REST API accepts."""
     base, _, quote = symbol.partition("-")
     return _REST_ASSET.get(base, base) + _REST_ASSET.get(quote, quote)
-
-
-def _bounded(text: str) -> str:
-    return text if len(text) <= _DETAIL_MAX else text[: _DETAIL_MAX - 3] + "..."
-
-
-def _decode_any(raw: bytes | str) -> Any:
-    """Generic decode; input that is not JSON at all (bad UTF-8, absurd nesting) included."""
-    try:
-        return _ANY_DECODER.decode(raw)
-    except (msgspec.DecodeError, RecursionError, UnicodeError) as exc:
-        raise FrameError("malformed_json", _bounded(str(exc))) from None
-
-
-def _reason(error: msgspec.ValidationError) -> str:
-    message = str(error)
-    if "missing required field" in message:
-        return "missing_field"
-    if message.startswith(("Invalid enum value", "Number out of range")) or (
-        message.startswith("Expected `") and any(op in message for op in (">", "<", "length"))
-    ):
-        return "bad_value"
-    return "bad_type"
 
 
 class KrakenSpot:
@@ -169,24 +148,24 @@ class KrakenSpot:
         return []
 
     def _parse_slow(self, raw: bytes | str) -> list[Trade | Bar]:
-        frame = _decode_any(raw)
+        frame = decode_any(raw)
         if isinstance(frame, list):
             raise FrameError(
                 "unsupported_protocol",
-                _bounded(f"Kraken WebSocket v1 data array ({frame[-2:]!r}); this parser is v2"),
+                bounded(f"Kraken WebSocket v1 data array ({frame[-2:]!r}); this parser is v2"),
             )
         if not isinstance(frame, dict):
             raise FrameError("bad_type", f"top-level JSON {type(frame).__name__}, not an object")
         if "method" in frame:  # v2 acknowledgement of subscribe, unsubscribe, ping...
             if frame.get("success") is False:
-                raise FrameError("exchange_error", _bounded(str(frame.get("error"))))
+                raise FrameError("exchange_error", bounded(str(frame.get("error"))))
             return []
         if frame.get("channel") != "trade":
             return []  # v1 events, book, ticker, ... : not ours
         try:
             message = msgspec.convert(frame, _TradeMessage)
         except msgspec.ValidationError as exc:
-            raise FrameError(_reason(exc), _bounded(str(exc))) from None
+            raise FrameError(validation_reason(exc), bounded(str(exc))) from None
         return _trades(message)
 
     def bars_request(self, symbol: str, start_ms: int, end_ms: int) -> RestRequest:
@@ -210,12 +189,12 @@ class KrakenSpot:
         field points at the row before it). That row would be a partial bar that later replaces
         a complete one, so it is dropped.
         """
-        response = _decode_any(raw)
+        response = decode_any(raw)
         if not isinstance(response, dict):
             raise FrameError("bad_type", "OHLC response is not an object")
         errors = response.get("error")
         if errors:
-            raise FrameError("exchange_error", _bounded(str(errors)))
+            raise FrameError("exchange_error", bounded(str(errors)))
         result = response.get("result")
         if not isinstance(result, dict):
             raise FrameError("missing_field", "OHLC response has no result object")
@@ -234,8 +213,8 @@ def _trades(message: _TradeMessage) -> list[Trade | Bar]:
         try:
             ts_ms = iso8601_to_ms(trade.timestamp)
         except (ValueError, OverflowError) as exc:
-            raise FrameError("bad_value", _bounded(str(exc))) from None
-        if not 0 < ts_ms <= _INT64_MAX:
+            raise FrameError("bad_value", bounded(str(exc))) from None
+        if not 0 < ts_ms <= INT64_MAX:
             raise FrameError("bad_value", f"timestamp {trade.timestamp!r} is not after 1970")
         trades.append(
             Trade(
@@ -251,37 +230,21 @@ def _trades(message: _TradeMessage) -> list[Trade | Bar]:
     return trades
 
 
-def _decimal(value: Any, what: str) -> float:
-    """An OHLC cell: Kraken sends decimals as strings."""
-    if isinstance(value, bool) or not isinstance(value, str | int | float):
-        raise FrameError("bad_type", f"OHLC {what} is {type(value).__name__}, not a decimal")
-    try:
-        return float(value)
-    except (ValueError, OverflowError):
-        raise FrameError("bad_value", f"OHLC {what} {value!r} is not a float") from None
-
-
 def _ohlc_bar(symbol: str, row: Any) -> Bar:
+    """``[time_s, open, high, low, close, vwap, volume, count]``, decimals as strings."""
     if not isinstance(row, list):
         raise FrameError("bad_type", "OHLC row is not an array")
     if len(row) < 8:
         raise FrameError("missing_field", f"OHLC row has {len(row)} columns, expected 8")
-    time_s, count = row[0], row[7]
-    for value, what in ((time_s, "time"), (count, "count")):
-        if not isinstance(value, int) or isinstance(value, bool):
-            raise FrameError("bad_type", f"OHLC {what} is {type(value).__name__}, not an integer")
-    open_, high, low, close = (_decimal(row[i], what) for i, what in enumerate("ohlc", start=1))
-    volume = _decimal(row[6], "volume")
-    open_time_ms = time_s * 1000
-    if not 0 < open_time_ms <= _INT64_MAX or open_time_ms % MINUTE_MS:
-        raise FrameError("bad_value", f"OHLC time {time_s} is not a minute start")
-    if not all(0.0 < price <= sys.float_info.max for price in (open_, high, low, close)):
-        raise FrameError("bad_value", f"OHLC prices {row[1:5]} not finite and > 0")
-    if not (high >= max(open_, close, low) and low <= min(open_, close)):
-        raise FrameError("bad_value", f"OHLC high/low inconsistent: {row[1:5]}")
-    if not (0.0 <= volume <= sys.float_info.max) or not 0 <= count <= _INT64_MAX:
-        raise FrameError("bad_value", f"OHLC volume {volume!r} / count {count} invalid")
-    return Bar(_NAME, symbol, open_time_ms, open_, high, low, close, volume, count)
+    time_s = cell_integer(row[0], "OHLC time")
+    count = cell_integer(row[7], "OHLC count")
+    open_, high, low, close = (
+        cell_number(row[i], f"OHLC {what}") for i, what in enumerate("ohlc", start=1)
+    )
+    volume = cell_number(row[6], "OHLC volume")
+    if not 0 < time_s <= INT64_MAX // 1000:
+        raise FrameError("bad_value", f"OHLC time {time_s} out of range")
+    return checked_bar(_NAME, symbol, time_s * 1000, open_, high, low, close, volume, count)
 
 
 KRAKEN: Final = KrakenSpot()
