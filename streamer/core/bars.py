@@ -222,6 +222,11 @@ class BarAggregator:
         )
 
     @property
+    def closed_before_ms(self) -> int | None:
+        """Every minute opening before this has closed (feed-wide); None before the first."""
+        return None if self._closed_before_ms == _NEG else self._closed_before_ms
+
+    @property
     def watermark_ms(self) -> int | None:
         """Newest accepted exchange timestamp of the feed, None before the first trade."""
         return None if self._watermark_ms == _NEG else self._watermark_ms

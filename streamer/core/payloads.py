@@ -24,6 +24,7 @@ import math
 import re
 from collections.abc import Mapping
 from datetime import UTC, datetime
+from functools import lru_cache
 from typing import Any
 
 import msgspec
@@ -75,11 +76,13 @@ def status_topic(prefix: str, instance: str) -> str:
     return f"{prefix}/status/{instance}"
 
 
+@lru_cache(maxsize=4096)  # every forecast of a minute shares its bar and issue times
 def iso_seconds(ts_ms: int) -> str:
     """``2023-03-16T22:15:00Z``: bar open times are whole minutes, so no fraction."""
     return datetime.fromtimestamp(ts_ms // 1000, tz=UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+@lru_cache(maxsize=4096)
 def iso_millis(ts_ms: int) -> str:
     """``2023-03-16T22:16:00.042Z``: issue times are measured, so milliseconds matter."""
     whole = datetime.fromtimestamp(ts_ms // 1000, tz=UTC).strftime("%Y-%m-%dT%H:%M:%S")

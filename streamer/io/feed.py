@@ -24,7 +24,7 @@ from websockets.frames import CloseCode
 from streamer.core.backoff import Backoff
 from streamer.core.bars import BarAggregator
 from streamer.core.exchanges import ConnectionPlan, Exchange, FrameError
-from streamer.core.types import Bar, Trade
+from streamer.core.types import MINUTE_MS, Bar, Trade, floor_minute
 from streamer.io.metrics import FeedStats
 
 log = logging.getLogger(__name__)
@@ -103,6 +103,11 @@ class Feed:
         self._stopping = asyncio.Event()
         # per plan: exchange time since which it has received nothing (None = not in a gap)
         self._gap_start: dict[int, int | None] = {i: gap_start_ms for i in range(len(self.plans))}
+        # Watermark clock only (no clock reading; exchange time is known from trades alone):
+        # plans reconnected but waiting for a trade to date their outage's end (the watermark
+        # at the reconnect), and gaps held back until the aggregator has closed their minutes.
+        self._closing: dict[int, int] = {}
+        self._unreleased: list[Gap] = []
 
     def stop(self) -> None:
         """Ask every connection to close; ``run`` returns once they have."""
@@ -171,6 +176,8 @@ class Feed:
             if closed:
                 self._emit(closed)
         agg = self.aggregator
+        if now <= 0 and (self._closing or self._unreleased):
+            self._watermark_gaps()
         suspects = agg.take_suspects()
         if suspects is not None:
             # closed minutes whose bars lack a late or future trade: re-fetch them over REST,
@@ -314,10 +321,15 @@ class Feed:
         flight then (exchange time behind the clock by up to the grace, which is what the grace
         allows for) are lost, and the minutes they belong to must not come out complete. The
         outage stays open until a new connection delivers, so that minutes the clock closes
-        meanwhile are incomplete too."""
-        if self._gap_start[index] is not None or conn.last_clock_ms <= 0:
-            return  # already in a gap (nothing arrived since), or no clock to date it by
-        start = max(conn.last_clock_ms - self.aggregator.grace_ms, 0)
+        meanwhile are incomplete too. On the watermark clock the newest trade seen stands in for
+        the clock reading."""
+        self._closing.pop(index, None)  # down again before a trade dated the last reconnect
+        if self._gap_start[index] is not None:
+            return  # already in a gap: nothing arrived since
+        last = conn.last_clock_ms if conn.last_clock_ms > 0 else self.aggregator.watermark_ms
+        if last is None or last <= 0:
+            return  # no trade yet, nothing to date it by
+        start = max(last - self.aggregator.grace_ms, 0)
         self._gap_start[index] = start
         self.aggregator.mark_outage(start, OPEN_OUTAGE_END_MS, self.plans[index].symbols)
 
@@ -325,13 +337,44 @@ class Feed:
         start = self._gap_start[index]
         if start is None:
             return
-        self._gap_start[index] = None
         end = self._clock()
         if end <= 0:
+            # watermark clock: "now" is the time of the first trade after this reconnect, which
+            # _watermark_gaps finds; till then the outage stays open
+            self._closing[index] = self.aggregator.watermark_ms or 0
             return
+        self._gap_start[index] = None
+        self._end_gap(index, start, end)
+
+    def _end_gap(self, index: int, start: int, end: int) -> None:
         end = max(end, start)
         self.aggregator.mark_outage(start, end, self.plans[index].symbols)
-        self._on_gap(Gap(self.exchange.name, self.plans[index].symbols, start, end))
+        gap = Gap(self.exchange.name, self.plans[index].symbols, start, end)
+        if self._clock() > 0:
+            self._on_gap(gap)  # the app waits for its minutes to close by the clock
+        else:
+            self._unreleased.append(gap)
+
+    def _watermark_gaps(self) -> None:
+        """Watermark clock: end the outages of reconnected plans once a trade has come, and
+        report gaps once the aggregator has closed their last minute, so that the REST bars of
+        every minute of the gap exist when they are fetched (nothing waits on a clock)."""
+        watermark = self.aggregator.watermark_ms
+        if watermark is not None:
+            for index, seen in list(self._closing.items()):
+                start = self._gap_start[index]
+                if watermark > seen and start is not None:
+                    del self._closing[index]
+                    self._gap_start[index] = None
+                    self._end_gap(index, start, watermark)
+        closed = self.aggregator.closed_before_ms
+        if closed is None or not self._unreleased:
+            return
+        due = [g for g in self._unreleased if floor_minute(g.end_ms) + MINUTE_MS <= closed]
+        if due:
+            self._unreleased = [g for g in self._unreleased if g not in due]
+            for gap in due:
+                self._on_gap(gap)
 
     async def _watchdog(self) -> None:
         """Force a reconnect of any connection silent for longer than ``stale_after_s``."""

@@ -11,13 +11,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import zlib
 from collections import Counter
 from collections.abc import Callable
 from typing import Protocol
 
 from streamer.core.evaluation import OnlineEvaluator
 from streamer.core.forecasting import ModelIdentity, build_forecasts
-from streamer.core.types import Bar, Forecast
+from streamer.core.types import MINUTE_MS, Bar, Forecast
 from streamer.core.windows import CLOSE, Windows
 from streamer.io.model import LoadedModel, ModelServer
 
@@ -25,6 +26,11 @@ log = logging.getLogger(__name__)
 
 Key = tuple[str, str]
 SKILL_SLICE = 100  # symbols whose skill figures are computed between two yields to the loop
+SKILL_EVERY_MIN = 5
+
+
+def _stagger(exchange: str, symbol: str, every: int) -> int:
+    return zlib.crc32(f"{exchange}:{symbol}".encode()) % every
 
 
 class ForecastSink(Protocol):
@@ -49,6 +55,7 @@ class Forecaster:
         eval_window_ms: int,
         wall_clock_ms: Callable[[], int],
         on_round: Callable[[float, float, int], None] | None = None,
+        skill_every_min: int = SKILL_EVERY_MIN,
     ) -> None:
         self.windows = windows
         self.server = server
@@ -58,6 +65,7 @@ class Forecaster:
         self._wall_ms = wall_clock_ms
         # (inference seconds, close-to-publish seconds, forecasts) of each round, for metrics
         self._on_round = on_round
+        self.skill_every_min = skill_every_min
         self.evaluator: OnlineEvaluator | None = None
         self._due: dict[Key, float] = {}  # key -> monotonic time its bar closed
         self._wake = asyncio.Event()
@@ -153,12 +161,19 @@ class Forecaster:
         return current
 
     async def publish_skill(self, forecasts: list[Forecast]) -> None:
-        """Skill figures of the symbols just forecast: after the forecasts, in slices that
-        yield to the loop, so they never hold up the forecasts' own publishing."""
+        """Skill figures of the symbols just forecast, each symbol every ``skill_every_min``
+        minutes (staggered by a stable hash): rolling 24 h figures barely move in a minute, and
+        1,000 skill messages a minute would double the MQTT traffic. Computed after the
+        forecasts, in slices that yield to the loop, so they never hold up the forecasts."""
         evaluator = self.evaluator
         if evaluator is None:
             return
-        keys = sorted({(f.exchange, f.symbol) for f in forecasts})
+        every = self.skill_every_min
+        keys = sorted(
+            (f.exchange, f.symbol)
+            for f in forecasts
+            if (f.bar_time_ms // MINUTE_MS + _stagger(f.exchange, f.symbol, every)) % every == 0
+        )
         for i, (exchange, symbol) in enumerate(keys):
             if i and i % SKILL_SLICE == 0:
                 await asyncio.sleep(0)

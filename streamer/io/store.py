@@ -319,13 +319,19 @@ class RedisBarStore:
 
     @classmethod
     def from_url(
-        cls, url: str, cap: int = DEFAULT_CAP, socket_timeout: float = 5.0
+        cls,
+        url: str,
+        cap: int = DEFAULT_CAP,
+        socket_timeout: float = 5.0,
+        password: str | None = None,
     ) -> RedisBarStore:
         """A store on ``redis://`` or ``rediss://`` (TLS) ``url``; credentials may be in the URL.
 
         TLS options go in the query, e.g. ``rediss://:pw@host:6380/0?ssl_ca_certs=/etc/ca.pem``.
-        The client retries a command once at once (a pooled connection that died with a server
-        restart); waiting between attempts is the BufferedBarWriter's job.
+        ``password`` (read from a secret file, so that it appears in no URL, environment or
+        process listing) wins over one in the URL. The client retries a command once at once (a
+        pooled connection that died with a server restart); waiting between attempts is the
+        BufferedBarWriter's job.
         """
         try:
             options: dict[str, Any] = {
@@ -336,6 +342,8 @@ class RedisBarStore:
             }
         except (ValueError, TypeError) as exc:
             raise ValueError(f"bad Redis URL {redact_url(url)}: {exc}") from None
+        if password is not None:
+            options["password"] = password
         plain = options.get("connection_class", Connection)
         options["connection_class"] = _HIREDIS_PACKED.get(plain, plain)
         client = Redis.from_pool(ConnectionPool(**options))

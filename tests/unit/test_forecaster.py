@@ -101,6 +101,7 @@ def make(
         eval_horizons=[1, 2],
         eval_window_ms=86_400_000,
         wall_clock_ms=lambda: WALL_MS,
+        skill_every_min=1,
     )
     return forecaster, server, sink
 
@@ -258,3 +259,16 @@ async def test_a_swap_during_a_round_does_not_mix_models(btc: list[Bar], eth: li
     assert out[0].values[0][2] == pytest.approx(btc[WINDOW - 1].close * (1 + 1.2815516 * BAND))
     nxt = await forecaster.forecast_round(close(forecaster, windows, [btc[WINDOW], eth[WINDOW]]))
     assert [f.model_version for f in nxt] == ["v2", "v2"]
+
+
+async def test_skill_is_published_every_few_minutes_per_symbol_staggered(btc: list[Bar]) -> None:
+    windows = Windows(1440)
+    forecaster, _, sink = make(windows, model("v1"))
+    forecaster.skill_every_min = 5
+    await forecaster.forecast_round(close(forecaster, windows, btc[:WINDOW]))
+    for i in range(12):  # 12 minutes: the figures of BTCUSDT go out at 2 or 3 of them
+        await forecaster.publish_skill(
+            await forecaster.forecast_round(close(forecaster, windows, [btc[WINDOW + i]]))
+        )
+    minutes = [i for i, (_, symbol, _) in enumerate(sink.skills) if symbol == "BTCUSDT"]
+    assert 2 <= len(sink.skills) <= 3 and len(minutes) == len(sink.skills)
