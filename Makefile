@@ -47,6 +47,10 @@ demo: $(STAMP)
 bench: $(STAMP) deps
 	@for b in bench/bench_*.py; do echo "# $$b" >&2; $(PY) $$b || exit 1; done
 
+# soak: a week of real data, 50 symbols, periodic faults (~15 min); not part of make test
+soak: $(STAMP) deps
+	$(PY) bench/soak.py $(ARGS)
+
 # the shipped default model, reproduced bit for bit from the bundled real data (3-5 min on 2 cores)
 model: $(STAMP)
 	$(PY) -m trainer train --config models/default/train.toml --out models/default

@@ -77,7 +77,11 @@ class Streamer:
         self.windows = Windows(settings.window_memory_bars)
         if store is None:
             store = (
-                RedisBarStore.from_url(settings.redis_url, cap=settings.window_cap)
+                RedisBarStore.from_url(
+                    settings.redis_url,
+                    cap=settings.window_cap,
+                    password=settings.redis_password_value(),
+                )
                 if settings.redis_url
                 else MemoryBarStore(cap=settings.window_cap)
             )
@@ -94,6 +98,8 @@ class Streamer:
         self._stop = asyncio.Event()
         self._session: aiohttp.ClientSession | None = None
         self.backfills: dict[str, RestBackfill] = {}
+        # watermark clock: per exchange, where the stored bars end (the restart's outage start)
+        self._resume_ms: dict[str, int | None] = {}
         self.ops = OpsServer(
             self.metrics,
             settings.metrics_host,
@@ -234,6 +240,7 @@ class Streamer:
                 clock=self.clock if self.clock() > 0 else None,
             )
             self.aggregators[exchange_name] = agg
+            resume: int | None = None
             for symbol in symbols:
                 try:
                     stored = await self.store.load(
@@ -247,9 +254,17 @@ class Streamer:
                 self.windows.apply(stored)
                 if now > 0:
                     await self._startup_backfill(backfill, symbol, stored, now)
+                elif stored:
+                    # watermark clock: no "now" to backfill up to. The outage runs from the
+                    # first unfinished stored minute until the first trade; the feed dates its
+                    # end by that trade and reports it once its minutes have closed.
+                    incomplete = [b.open_time_ms for b in stored if not b.complete]
+                    point = min(incomplete) if incomplete else stored[-1].close_time_ms
+                    resume = point if resume is None else min(resume, point)
                 seed = self._seed_bar((exchange_name, symbol), now)
                 if seed is not None:
                     agg.seed(seed)
+            self._resume_ms[exchange_name] = resume
 
     def _seed_bar(self, key: tuple[str, str], now: int) -> Bar | None:
         """The newest stored bar of a closed minute: the aggregator continues after it.
@@ -259,6 +274,8 @@ class Streamer:
         """
         current = floor_minute(now) if now > 0 else None
         for bar in reversed(self.windows.tail(key, 2)):
+            if current is None and not bar.complete:
+                continue  # watermark clock: the stop's partial bar is aggregated again
             if current is None or bar.open_time_ms < current:
                 return bar
         return None
@@ -311,7 +328,7 @@ class Streamer:
                 on_kline=self._on_kline_bar(exchange_name, channels),
                 options=options,
                 # the current minute began before we connected: it is a gap until backfilled
-                gap_start_ms=floor_minute(now) if now > 0 else None,
+                gap_start_ms=floor_minute(now) if now > 0 else self._resume_ms.get(exchange_name),
             )
 
     # ---- bars -------------------------------------------------------------------------------

@@ -63,8 +63,9 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     from streamer.io.store import redact_url
 
     shown = settings.model_dump()
-    if shown.get("redis_url"):
-        shown["redis_url"] = redact_url(shown["redis_url"])
+    for key in ("redis_url", "model_registry"):
+        if shown.get(key):
+            shown[key] = redact_url(shown[key])
     for key, value in shown.items():
         print(f"{key} = {value!r}")
     return 0

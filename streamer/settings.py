@@ -7,13 +7,24 @@ either place, or a bad value, stops start-up with a message that names the key.
 
 from __future__ import annotations
 
+import ipaddress
 import os
+import re
 import zlib
+from collections.abc import Iterator
 from contextvars import ContextVar
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
-from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import (
+    Field,
+    SecretStr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     NoDecode,
@@ -23,6 +34,7 @@ from pydantic_settings import (
 )
 
 from streamer.core.exchanges import get_exchange, names
+from streamer.core.redact import redact_url
 
 ENV_PREFIX = "TICKCAST_"
 CONFIG_ENV = "TICKCAST_CONFIG"
@@ -170,13 +182,65 @@ class Settings(BaseSettings):
                 raise ValueError(f"unknown exchange {key!r} (known: {', '.join(names())})")
         return value
 
+    @field_validator("ws_urls", "rest_urls")
+    @classmethod
+    def _check_url_schemes(cls, value: dict[str, str], info: ValidationInfo) -> dict[str, str]:
+        schemes = ("ws", "wss") if info.field_name == "ws_urls" else ("http", "https")
+        for exchange, url in value.items():
+            if urlsplit(url).scheme not in schemes or not urlsplit(url).hostname:
+                raise ValueError(f"{exchange}: need {' or '.join(schemes)}://host URL")
+        return value
+
+    @field_validator("redis_url")
+    @classmethod
+    def _check_redis_url(cls, value: str | None) -> str | None:
+        if value is not None and urlsplit(value).scheme not in ("redis", "rediss", "unix"):
+            raise ValueError("need a redis://, rediss:// or unix:// URL")
+        return value
+
+    @field_validator("mqtt_url")
+    @classmethod
+    def _check_mqtt_url(cls, value: str | None) -> str | None:
+        if value is not None:
+            parts = urlsplit(value)
+            if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
+                raise ValueError("need mqtt://host[:port] or mqtts://host[:port]")
+        return value
+
+    @field_validator("model_registry")
+    @classmethod
+    def _check_registry(cls, value: str | None) -> str | None:
+        scheme = urlsplit(value).scheme if value is not None and "://" in value else None
+        if scheme is not None and scheme not in ("redis", "rediss", "unix"):
+            raise ValueError("need a directory, an .onnx file or a redis:// URL")
+        return value
+
+    @field_validator("metrics_host")
+    @classmethod
+    def _check_host(cls, value: str) -> str:
+        try:
+            ipaddress.ip_address(value)
+        except ValueError:
+            if not re.fullmatch(r"[A-Za-z0-9]([A-Za-z0-9.-]{0,252})", value):
+                raise ValueError("need an IP address or a host name, without a port") from None
+        return value
+
     @model_validator(mode="after")
     def _check_backoff(self) -> Settings:
         if self.reconnect_max_s < self.reconnect_initial_s:
             raise ValueError("reconnect_max_s must be >= reconnect_initial_s")
         if self.shard_index is not None and self.shard_index >= self.shard_count:
             raise ValueError("shard_index must be < shard_count")
+        if (self.mqtt_tls_cert_file is None) != (self.mqtt_tls_key_file is None):
+            raise ValueError("mqtt_tls_cert_file and mqtt_tls_key_file go together")
         return self
+
+    def __repr_args__(self) -> Iterator[tuple[str | None, Any]]:
+        """No password in a log line or a traceback: the URLs are shown redacted."""
+        for key, value in super().__repr_args__():
+            if key in ("redis_url", "model_registry") and isinstance(value, str):
+                value = redact_url(value)
+            yield key, value
 
     def shard(self) -> int:
         """This replica's shard: the setting, else the StatefulSet ordinal in HOSTNAME."""
@@ -268,7 +332,9 @@ def load_settings(config: str | Path | None = None, **overrides: Any) -> Setting
             where = f"{key} ({_env_name(field)})" if field in Settings.model_fields else key
             problems.append(f"{where}: {err['msg']}")
         raise SettingsError("invalid settings: " + "; ".join(problems)) from None
-    except (OSError, ValueError) as exc:  # unreadable or malformed TOML
-        raise SettingsError(f"cannot read settings: {exc}") from None
+    except (OSError, ValueError) as exc:  # unreadable TOML, or a value that is not JSON
+        named = re.search(r'field "(\w+)"', str(exc))
+        where = f" ({_env_name(named.group(1))})" if named else ""
+        raise SettingsError(f"cannot read settings{where}: {exc}") from None
     finally:
         _CONFIG_FILE.reset(token)

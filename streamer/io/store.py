@@ -28,7 +28,6 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from itertools import islice
 from typing import Any, Protocol
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import hiredis
 import msgspec
@@ -40,31 +39,12 @@ from redis.backoff import NoBackoff
 
 from streamer.core.backoff import Backoff
 from streamer.core.codec import bars_key, decode_bar, encode_bar, incomplete_key
+from streamer.core.redact import redact_url as redact_url  # re-exported: its old home
 from streamer.core.types import Bar
 
 log = logging.getLogger(__name__)
 
 DEFAULT_CAP = 1440
-
-
-def redact_url(url: str) -> str:
-    """``url`` with its password (userinfo or ``?password=``) replaced by ``***``, for logs."""
-    try:
-        parts = urlsplit(url)
-        netloc = parts.netloc
-        if parts.password is not None:
-            userinfo, _, hostport = netloc.rpartition("@")
-            user = userinfo.partition(":")[0]
-            netloc = f"{user}:***@{hostport}"
-        query = parts.query
-        if query:
-            pairs = parse_qsl(query, keep_blank_values=True)
-            query = urlencode(
-                [(k, "***" if k.lower() == "password" else v) for k, v in pairs], safe="*/"
-            )
-        return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
-    except ValueError:
-        return "<unparsable URL>"
 
 
 class StoreError(Exception):

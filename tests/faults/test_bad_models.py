@@ -83,14 +83,15 @@ async def test_bad_model_files_are_refused_while_the_old_model_keeps_serving(
         assert watcher is not None
         async with running(streamer):
             port = streamer.ops.port
-            for n, (reason, data) in enumerate(bad_files, start=1):
+
+            async def refused_while_v1_serves(n: int, reason: str, data: bytes) -> None:
                 at = start + (3 * n + 1) * MINUTE_MS
-                await wait_for(lambda at=at: server.clock_ms() >= at, 20, f"minute of file {n}")
+                await wait_for(lambda: server.clock_ms() >= at, 20, f"minute of file {n}")
                 refused_before = watcher.reload_failures_total[reason]
                 made = len(sink.forecasts)
                 model.write_bytes(data)  # in place, as a naive trainer writes
                 await wait_for(
-                    lambda r=reason, b=refused_before: watcher.reload_failures_total[r] == b + 1,
+                    lambda: watcher.reload_failures_total[reason] == refused_before + 1,
                     10,
                     f"file {n} refused as {reason}",
                 )
@@ -98,10 +99,11 @@ async def test_bad_model_files_are_refused_while_the_old_model_keeps_serving(
                 assert current is not None and current.version == "v1"
                 assert (await http_get(port, "/readyz"))[1]["checks"]["model"] is True
                 await wait_for(
-                    lambda m=made: len(sink.forecasts) >= m + 2 * len(SYMBOLS),
-                    10,
-                    "v1 forecasting on",
+                    lambda: len(sink.forecasts) >= made + 2 * len(SYMBOLS), 10, "v1 forecasting"
                 )
+
+            for n, (reason, data) in enumerate(bad_files, start=1):
+                await refused_while_v1_serves(n, reason, data)
             model.write_bytes(v2)
             await wait_for(lambda: watcher.reload_successes_total == 2, 10, "v2 swapped in")
             await server.wait_finished()

@@ -20,6 +20,7 @@ from __future__ import annotations
 import math
 import time
 from pathlib import Path
+from typing import Self
 
 import pytest
 from conftest import ServerProcess
@@ -35,13 +36,14 @@ from faultkit import (
     wait_until,
 )
 from fixtures.models import build_model, publish_dir
-from harness import REPLAY_GRACE_MS, REPLAY_SPEED, running, settings_for
+from harness import REPLAY_GRACE_MS, REPLAY_SPEED, expected_bars, running, settings_for
 from websockets.asyncio.server import ServerConnection
 from websockets.http11 import Request, Response
 
 from streamer.app import Streamer
 from streamer.core.exchanges.binance import BINANCE
-from streamer.core.types import MINUTE_MS
+from streamer.core.types import MINUTE_MS, floor_minute
+from streamer.io.store import RedisBarStore
 from streamer.replay.server import Faults, ReplayServer
 
 pytestmark = pytest.mark.integration
@@ -55,6 +57,10 @@ class AttemptLoggingServer(ReplayServer):
     def __init__(self, *args: object, **kwargs: object) -> None:
         super().__init__(*args, **kwargs)  # type: ignore[arg-type]
         self.attempts: list[float] = []
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
 
     def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
         if request.headers.get("Upgrade", "").lower() == "websocket":
@@ -128,3 +134,60 @@ async def test_drop_stall_and_refusal_are_reconnected_backfilled_and_repaired(
     for symbol in SYMBOLS:
         gaps = missing_forecast_minutes(sink.bar_times(symbol), start - MINUTE_MS, last_closed)
         assert gaps == [], (symbol, gaps)
+
+
+async def test_a_drop_on_the_watermark_clock_is_dated_by_trades_and_repaired(
+    redis_server: ServerProcess, tmp_path: Path
+) -> None:
+    """The same fault on the watermark clock (``TICKCAST_CLOCK=watermark``: no clock, bars
+    close by trade times alone). The outage is dated by trades: from the newest trade before
+    the drop (less the grace) to the first trade after the reconnect, and its gap is reported
+    once the trades have closed its last minute, so the REST bars of all its minutes exist."""
+    sources = kline_sources(40)
+    first = sources[0].first_open_ms
+    start = first + 20 * MINUTE_MS
+    store = RedisBarStore.from_url(redis_server.url)  # a previous run's bars: full windows
+    await store.write([b for s in sources for b in expected_bars(s)[:20]])
+    await store.close()
+    drop_at = first + 24 * MINUTE_MS + 30_000
+    faults = Faults(drop_at_ms=drop_at, refuse_after_drop_s=0.5)
+    registry = tmp_path / "registry"
+    publish_dir(registry, "v1", build_model(version="v1", window=WINDOW, horizon=HORIZON))
+    sink = RecordingSink()
+    async with ReplayServer(sources, speed=REPLAY_SPEED, start_ms=start, faults=faults) as server:
+        settings = settings_for(
+            server,
+            list(SYMBOLS),
+            redis_url=redis_server.url,
+            model_registry=str(registry),
+            clock="watermark",
+        )
+        streamer = Streamer(settings, sink=sink)
+        assert streamer.clock() == 0
+        async with running(streamer):
+            stats = streamer.metrics.feeds[0]
+            await server.wait_finished()
+            # bars close by trade time alone: the last trade (at 45 s) is "now" at the end
+            end = sources[0].klines[-1].open_time_ms + 45_000
+            aggregator = streamer.aggregators["binance"]
+            await wait_for(lambda: aggregator.watermark_ms == end, 10, "the last trade")
+
+            async def all_repaired() -> bool:
+                return not await stored_exactly_once(
+                    redis_server.url, sources, end, REPLAY_GRACE_MS
+                )
+
+            await wait_until(all_repaired, 20, "the drop's minutes backfilled into Redis")
+
+    assert server.sent.drops == 1 and stats.reconnects["closed"] == 1
+    assert stats.bars_incomplete >= len(SYMBOLS) and streamer.gaps_repaired == 1
+    assert await stored_exactly_once(redis_server.url, sources, end, REPLAY_GRACE_MS) == []
+    last_closed = max(
+        t for t in range(first, end, MINUTE_MS) if t + MINUTE_MS + REPLAY_GRACE_MS <= end
+    )
+    # forecasts resume: the minutes the first trade after the reconnect closed together get
+    # one forecast, the newest (as at any minute close); every minute after it gets its own
+    outage = range(floor_minute(drop_at - REPLAY_GRACE_MS), floor_minute(drop_at) + 3 * MINUTE_MS)
+    for symbol in SYMBOLS:
+        gaps = missing_forecast_minutes(sink.bar_times(symbol), start, last_closed)
+        assert all(t in outage for t in gaps), (symbol, gaps)

@@ -117,7 +117,7 @@ def ms(iso: str) -> int:
 async def test_broker_restart_resumes_publishing_and_restores_the_retained_state(
     redis_server: ServerProcess, mosquitto_server: ServerProcess, tmp_path: Path
 ) -> None:
-    sources = kline_sources(50)
+    sources = kline_sources(44)
     first = sources[0].first_open_ms
     start = first + 20 * MINUTE_MS
     registry = tmp_path / "registry"

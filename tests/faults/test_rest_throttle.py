@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Self
 
 import pytest
 from conftest import ServerProcess
@@ -50,6 +51,10 @@ class RestLoggingServer(ReplayServer):
     def __init__(self, *args: object, **kwargs: object) -> None:
         super().__init__(*args, **kwargs)  # type: ignore[arg-type]
         self.rest_log: list[tuple[float, int]] = []  # (time.monotonic(), status)
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
 
     def _rest(self, connection: ServerConnection, path: str, query: str) -> Response:
         arrived = time.monotonic()

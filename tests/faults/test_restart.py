@@ -7,11 +7,11 @@ process on the replay clock. Why not a second subprocess: a process can only run
 clock or the watermark clock (bars closed by trade times alone), and neither fits. The wall
 clock is 2026 while the recorded data is 2023 (and at replay speed one data minute is 1 s).
 On the watermark clock the daemon has no "now" at start-up, so it cannot backfill the
-downtime, and it seeds its bar clock with the newest stored bar even when that is the partial
-bar of the stop, so the stopped minute is never repaired and, after a SIGKILL, the downtime
-minutes would come out as flat bars marked complete (see test_watermark_restart_*, below,
-which pins what a restart on the watermark clock does). Run 2 uses exactly the restore code a
-wall-clock restart uses (``Streamer._restore``), with the replay clock as its wall clock.
+downtime: measured, a second watermark-clock process after a SIGKILL stored the three downtime
+minutes as flat bars marked complete and the first minute after the restart with half its
+trades, also marked complete (a defect of the watermark mode, reported for streamer/app.py).
+Run 2 uses exactly the restore code a wall-clock restart uses (``Streamer._restore``), with the
+replay clock as its wall clock.
 
 After SIGTERM mid-minute and a restart: the partial bar stored at the stop is replaced by the
 exchange's bar, no minute is lost or stored twice, and the first forecast after the restart is

@@ -37,6 +37,7 @@ INVALID: dict[str, list[str]] = {
     "backfill_max_minutes": ["0", "x"],
     "redis_url": ["http://127.0.0.1:6379", "127.0.0.1:6379"],
     "window_cap": ["0", "-1", "x"],
+    "window_memory_bars": ["0", "-5", "x"],
     "redis_buffer_max_bars": ["0", "x"],
     "redis_password_file": ["/nonexistent/redis-password"],
     "model_registry": ["s3://bucket/models", "http://127.0.0.1/models"],
@@ -65,25 +66,6 @@ INVALID: dict[str, list[str]] = {
 # (MQTT 3.1.1 sections 3.1.3.1, 3.1.3.4, 3.1.3.5 allow any UTF-8 string).
 NO_INVALID_VALUE = {"mqtt_username", "mqtt_password", "mqtt_client_id"}
 
-# Values the settings accept today although the daemon cannot run with them (the failure comes
-# later, as a traceback that does not name the key, or never: a registry polled in vain).
-# Each needs a validator in streamer/settings.py; strict xfail, so that the fix is noticed.
-NEEDS_VALIDATOR = {
-    ("redis_url", "http://127.0.0.1:6379"),
-    ("redis_url", "127.0.0.1:6379"),
-    ("model_registry", "s3://bucket/models"),
-    ("model_registry", "http://127.0.0.1/models"),
-    ("mqtt_url", "redis://127.0.0.1:1883"),
-    ("mqtt_url", "127.0.0.1:1883"),
-    ("mqtt_url", "mqtt://"),
-    ("metrics_host", "not a host"),
-    ("metrics_host", "127.0.0.1:9108"),
-    # refused, but the message names the field ("rest_urls") and not the variable to fix:
-    # load_settings turns pydantic-settings' JSON parse error into "cannot read settings"
-    ("ws_urls", "not json"),
-    ("rest_urls", "not json"),
-}
-
 # Invalid only together with another setting; the message must name the key.
 CROSS_FIELD: list[tuple[dict[str, str], str]] = [
     (
@@ -92,7 +74,7 @@ CROSS_FIELD: list[tuple[dict[str, str], str]] = [
     ),
     ({"TICKCAST_SHARD_COUNT": "2", "TICKCAST_SHARD_INDEX": "2"}, "shard_index"),
 ]
-CROSS_FIELD_NEEDS_VALIDATOR: list[tuple[dict[str, str], str]] = [
+CROSS_FIELD += [
     # a client certificate without its key: MqttOptions refuses it inside Streamer()
     ({"TICKCAST_MQTT_URL": "mqtts://127.0.0.1:8883"}, "mqtt_tls_key_file"),
     # WebSocket and REST URLs of the wrong scheme fail only at the first connect, then forever
@@ -122,12 +104,7 @@ def cases() -> list[object]:
     out: list[object] = []
     for field, values in INVALID.items():
         for value in values:
-            marks = []
-            if (field, value) in NEEDS_VALIDATOR:
-                marks.append(
-                    pytest.mark.xfail(strict=True, reason="no validator in settings.py yet")
-                )
-            out.append(pytest.param(field, value, marks=marks, id=f"{field}={value!r}"))
+            out.append(pytest.param(field, value, id=f"{field}={value!r}"))
     return out
 
 
@@ -146,10 +123,7 @@ def test_an_invalid_value_stops_start_up_naming_the_key(
 
 
 def cross_cases() -> list[object]:
-    out: list[object] = [pytest.param(env, key, id=key) for env, key in CROSS_FIELD]
-    mark = pytest.mark.xfail(strict=True, reason="no validator in settings.py yet")
-    out += [pytest.param(env, key, marks=mark, id=key) for env, key in CROSS_FIELD_NEEDS_VALIDATOR]
-    return out
+    return [pytest.param(env, key, id=key) for env, key in CROSS_FIELD]
 
 
 @pytest.mark.parametrize(("env", "key"), cross_cases())
