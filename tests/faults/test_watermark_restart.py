@@ -1,3 +1,8 @@
+"""Restart on the watermark clock (replays): SIGTERM or SIGKILL mid-minute, a few minutes of
+downtime, then a second real process. The downtime and the interrupted minute must be
+repaired over REST, so that every bar the exchange side sent is in Redis exactly once.
+"""
+
 import signal
 from pathlib import Path
 
@@ -47,9 +52,6 @@ async def test_watermark_restart_as_subprocesses(
             async def ok() -> bool:
                 return not await stored_exactly_once(redis_server.url, sources, end, GRACE_MS)
 
-            try:
-                await wait_until(ok, 15, "all stored")
-            except AssertionError:
-                print(await stored_exactly_once(redis_server.url, sources, end, GRACE_MS))
-                print((tmp_path / "run2.log").read_text()[-2000:])
-                raise
+            await wait_until(ok, 15, "every bar the exchange sent stored exactly once")
+    # after the second run's ordered stop: nothing lost, nothing twice, nothing left incomplete
+    assert await stored_exactly_once(redis_server.url, sources, end, GRACE_MS) == []

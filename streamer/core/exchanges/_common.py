@@ -108,3 +108,21 @@ def checked_bar(
     if not (0.0 <= volume <= sys.float_info.max) or not 0 <= trades <= INT64_MAX:
         raise FrameError("bad_value", f"bar volume {volume!r} / trades {trades} invalid")
     return Bar(exchange, symbol, open_time_ms, open_, high, low, close, volume, trades)
+
+
+def check_subscription(
+    exchange: str, symbols: list[str], channels: list[str], known: tuple[str, ...]
+) -> None:
+    """Refuse, at start-up, channels the exchange module does not speak."""
+    if not channels:
+        raise ValueError(f"{exchange}: no channels given")
+    for channel in channels:
+        if channel not in known:
+            raise ValueError(f"{exchange}: unknown channel {channel!r}; known: {known}")
+
+
+def check_pair_symbols(exchange: str, symbols: list[str]) -> None:
+    """Canonical ``BASE-QUOTE`` symbols, upper case (Coinbase product ids, Kraken pairs)."""
+    for symbol in symbols:
+        if symbol.count("-") != 1 or not symbol.isascii() or symbol != symbol.upper():
+            raise ValueError(f"{exchange}: bad symbol {symbol!r} (expected e.g. 'BTC-USD')")

@@ -35,6 +35,7 @@ from streamer.core.exchanges._common import (
     bounded,
     cell_integer,
     cell_number,
+    check_subscription,
     checked_bar,
     decode_any,
     validation_reason,
@@ -134,11 +135,7 @@ class BinanceSpot:
         All channels of a symbol stay on the same connection, so a reconnect never leaves a
         symbol half subscribed.
         """
-        if not channels:
-            raise ValueError("binance: no channels given")
-        for channel in channels:
-            if channel not in _CHANNELS:
-                raise ValueError(f"binance: unknown channel {channel!r}; known: {_CHANNELS}")
+        check_subscription(_NAME, symbols, channels, _CHANNELS)
         for symbol in symbols:
             if not symbol or not symbol.isalnum() or not symbol.isascii():
                 raise ValueError(f"binance: bad symbol {symbol!r} (expected e.g. 'BTCUSDT')")

@@ -37,6 +37,8 @@ from streamer.core.exchanges._common import (
     bounded,
     cell_integer,
     cell_number,
+    check_pair_symbols,
+    check_subscription,
     checked_bar,
     decode_any,
     iso8601_to_ms,
@@ -108,14 +110,8 @@ class KrakenSpot:
         self, ws_url: str, symbols: list[str], channels: list[str]
     ) -> list[ConnectionPlan]:
         """One subscribe message per channel and connection, ``BTC-USD`` sent as ``BTC/USD``."""
-        if not channels:
-            raise ValueError("kraken: no channels given")
-        for channel in channels:
-            if channel not in _CHANNELS:
-                raise ValueError(f"kraken: unknown channel {channel!r}; known: {_CHANNELS}")
-        for symbol in symbols:
-            if symbol.count("-") != 1 or not symbol.isascii() or symbol != symbol.upper():
-                raise ValueError(f"kraken: bad symbol {symbol!r} (expected e.g. 'BTC-USD')")
+        check_subscription(_NAME, symbols, channels, _CHANNELS)
+        check_pair_symbols(_NAME, symbols)
         per_connection = max(1, self.max_streams_per_connection // len(channels))
         plans: list[ConnectionPlan] = []
         for first in range(0, len(symbols), per_connection):
