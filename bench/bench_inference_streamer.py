@@ -25,9 +25,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))  # the fixture model builder and the real bars
 
+from fixtures.features import window_array  # noqa: E402
 from fixtures.models import build_model, real_bars  # noqa: E402
 
-from streamer.core.features import window_array  # noqa: E402
 from streamer.core.types import Bar  # noqa: E402
 from streamer.io.model import ModelServer, load_model  # noqa: E402
 

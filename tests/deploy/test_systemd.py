@@ -209,7 +209,7 @@ GUARDED_STREAMER = textwrap.dedent(
     import numpy as np
     import streamer.app  # every library the daemon loads: aiohttp, redis, aiomqtt, onnxruntime
     from fixtures.models import build_model, real_bars
-    from streamer.core.features import window_array
+    from fixtures.features import window_array
     from streamer.io.model import load_model
     bars = real_bars("BTCUSDT")[:60]
     model = load_model(build_model(window=60, horizon=15), smoke_windows=lambda w: None)

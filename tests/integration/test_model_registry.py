@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from fixtures.features import window_array
 from fixtures.models import (
     DEFAULT_LEVELS,
     build_model,
@@ -30,7 +31,6 @@ from fixtures.models import (
 )
 from redis.asyncio import Redis
 
-from streamer.core.features import window_array
 from streamer.io.model import (
     DirectoryRegistry,
     ModelFile,

@@ -7,11 +7,11 @@ from collections import deque
 
 import numpy as np
 import pytest
+from fixtures.features import contiguous_tail, window_array
 from fixtures.models import real_bars
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from streamer.core.features import contiguous_tail, window_array
 from streamer.core.types import MINUTE_MS, Bar
 
 BTC = real_bars("BTCUSDT")

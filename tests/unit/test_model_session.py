@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from fixtures.features import window_array
 from fixtures.models import (
     DEFAULT_LEVELS,
     TRAINED_AT,
@@ -23,7 +24,6 @@ from fixtures.models import (
     sha256_hex,
 )
 
-from streamer.core.features import window_array
 from streamer.io.model import (
     DirectoryRegistry,
     LoadedModel,
