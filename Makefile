@@ -21,7 +21,7 @@ venv: $(STAMP)
 # promtool (package prometheus; its service is not started) checks the alert rules and
 # systemd-analyze (package systemd) verifies the units; tests/deploy skip loudly without them.
 REQUIRED_TOOLS := redis-server:redis-server mosquitto:mosquitto
-OPTIONAL_TOOLS := promtool:prometheus systemd-analyze:systemd
+OPTIONAL_TOOLS := promtool:prometheus systemd-analyze:systemd mosquitto_sub:mosquitto-clients
 missing_packages = $$(for tool in $(1); do command -v $${tool%%:*} >/dev/null || test -x /usr/sbin/$${tool%%:*} || echo $${tool\#\#*:}; done)
 APT := $$([ "$$(id -u)" = 0 ] || echo sudo) apt-get
 deps:

@@ -72,6 +72,9 @@ class ConsoleView:
     ) -> None:
         self.skill[(exchange, symbol)] = figures
 
+    async def wait_sent(self) -> None:
+        return None
+
     def _horizons(self, f: Forecast) -> list[int]:
         return [h for h in SHOWN_HORIZONS if h <= f.horizon]
 

@@ -164,11 +164,16 @@ def snap_volume(total: float) -> float:
     any quantity step, and runs only when a bar closes.
     """
     tolerance = 2 * math.ulp(total)
-    for digits in range(1, 17):
-        candidate = float(f"{total:.{digits}g}")
-        if abs(candidate - total) <= tolerance:
-            return candidate
-    return total
+    # Binary search for the fewest significant digits within tolerance: if d digits are, d + 1
+    # are too (the d-digit value is one of the (d + 1)-digit candidates), and 17 always are.
+    low, high = 1, 17
+    while low < high:
+        digits = (low + high) // 2
+        if abs(float(f"{total:.{digits}g}") - total) <= tolerance:
+            high = digits
+        else:
+            low = digits + 1
+    return float(f"{total:.{low}g}")
 
 
 def _bar_order(bar: Bar) -> tuple[int, str]:

@@ -20,6 +20,7 @@ window) in a fixed ring per symbol, and a bucket leaves the window as a whole, b
 from __future__ import annotations
 
 import math
+from array import array
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -83,21 +84,16 @@ _FIGURE_NAMES = (
 )
 
 
-@dataclass(slots=True)
-class _Pending:
-    forecast: Forecast
+class _Pending(msgspec.Struct, gc=False):
+    """What scoring needs of a recorded forecast waiting for its targets: 1,000 symbols keep
+    tens of thousands waiting, so only the tracked horizons' values at the scored levels are
+    kept, unboxed (outside the GC too)."""
+
+    last_close: float
+    horizon: int
+    values: array[float]  # [horizon index * n_levels + level index], the evaluator's order
     scored: int  # bit i set: horizon index i scored
     remaining: int
-
-
-@dataclass(frozen=True, slots=True)
-class _LevelIndex:
-    """Where the evaluator's levels sit in a forecast's ``quantile_levels``."""
-
-    median: int
-    lowest: int
-    highest: int
-    levels: tuple[tuple[float, int], ...]  # (level, index) for the pinball average
 
 
 class _Ring:
@@ -147,7 +143,6 @@ class OnlineEvaluator:
         if window_ms < MINUTE_MS:
             raise ValueError(f"window_ms must be at least a minute, got {window_ms}")
         self.horizons = tuple(sorted(horizons))
-        self._tracked = frozenset(self.horizons)
         self.quantile_levels = tuple(sorted(set(levels)))
         self.window_ms = window_ms
         self.bucket_ms = bucket_ms or max(MINUTE_MS, window_ms // 24)
@@ -157,7 +152,9 @@ class OnlineEvaluator:
         self.max_pending = max_pending_per_symbol or max(self.horizons) + DEFAULT_PENDING_SLACK
         self._pending: dict[Key, dict[int, _Pending]] = {}
         self._rings: dict[Key, _Ring] = {}
-        self._level_index: dict[tuple[float, ...], _LevelIndex | None] = {}
+        self._median = self.quantile_levels.index(0.5)
+        # a forecast's quantile_levels -> where each scored level sits in them (None: missing)
+        self._positions: dict[tuple[float, ...], tuple[int, ...] | None] = {}
         self._now_ms: int | None = None
         self.scored_total = 0
         self.skipped_incomplete_total = 0
@@ -168,32 +165,32 @@ class OnlineEvaluator:
 
     def record(self, forecast: Forecast) -> bool:
         """Keep ``forecast`` until its targets arrive; False (counted) when it cannot be scored."""
-        index = self._index_for(forecast.quantile_levels)
-        if index is None:
+        positions = self._positions_for(forecast.quantile_levels)
+        if positions is None:
             return self._reject("levels")
         last = forecast.last_close
         if not (math.isfinite(last) and last > 0):
             return self._reject("last_close")
-        width = len(forecast.quantile_levels)
-        if any(len(row) != width or not all(map(math.isfinite, row)) for row in forecast.values):
-            return self._reject("values")
         remaining = sum(1 for h in self.horizons if h <= forecast.horizon)
         if remaining == 0:
             return self._reject("horizon")
+        width = len(forecast.quantile_levels)
+        values = array("d")
+        for h in self.horizons:
+            if h > forecast.horizon:
+                values.extend([math.nan] * len(positions))
+                continue
+            row = forecast.values[h - 1]
+            if len(row) != width or not all(map(math.isfinite, row)):
+                return self._reject("values")
+            values.extend([row[i] for i in positions])
         pending = self._pending.setdefault((forecast.exchange, forecast.symbol), {})
         pending.pop(forecast.bar_time_ms, None)  # a re-issued forecast replaces the first one
-        pending[forecast.bar_time_ms] = _Pending(self._trimmed(forecast), 0, remaining)
+        pending[forecast.bar_time_ms] = _Pending(last, forecast.horizon, values, 0, remaining)
         while len(pending) > self.max_pending:
             del pending[next(iter(pending))]
             self.evicted_unscored_total += 1
         return True
-
-    def _trimmed(self, forecast: Forecast) -> Forecast:
-        """Only the rows of tracked horizons are kept while a forecast waits: 1,000 symbols
-        keep tens of thousands of forecasts pending, and untracked rows are most of them."""
-        tracked = self._tracked
-        values = tuple(row if h in tracked else () for h, row in enumerate(forecast.values, 1))
-        return msgspec.structs.replace(forecast, values=values)
 
     def observe(self, bar: Bar) -> int:
         """Score the pending forecasts whose target minute ``bar`` is; returns how many."""
@@ -206,12 +203,12 @@ class OnlineEvaluator:
         for hi, h in enumerate(self.horizons):
             origin = bar.open_time_ms - h * MINUTE_MS
             entry = pending.get(origin)
-            if entry is None or h > entry.forecast.horizon or (entry.scored >> hi) & 1:
+            if entry is None or h > entry.horizon or (entry.scored >> hi) & 1:
                 continue
             if not bar.complete:
                 self.skipped_incomplete_total += 1
                 continue
-            self._score(bar.key, entry.forecast, hi, h, bar.close, bar.open_time_ms)
+            self._score(bar.key, entry, hi, bar.close, bar.open_time_ms)
             scored += 1
             entry.scored |= 1 << hi
             entry.remaining -= 1
@@ -260,37 +257,33 @@ class OnlineEvaluator:
         """The oldest bucket in the window: its start is after ``now_ms - window_ms``."""
         return (now_ms - self.window_ms) // self.bucket_ms + 1
 
-    def _index_for(self, levels: tuple[float, ...]) -> _LevelIndex | None:
-        if levels not in self._level_index:
+    def _positions_for(self, levels: tuple[float, ...]) -> tuple[int, ...] | None:
+        if levels not in self._positions:
             where = {q: i for i, q in enumerate(levels)}
-            if all(q in where for q in self.quantile_levels):
-                self._level_index[levels] = _LevelIndex(
-                    median=where[0.5],
-                    lowest=where[self.quantile_levels[0]],
-                    highest=where[self.quantile_levels[-1]],
-                    levels=tuple((q, where[q]) for q in self.quantile_levels),
-                )
-            else:
-                self._level_index[levels] = None
-        return self._level_index[levels]
+            found = all(q in where for q in self.quantile_levels)
+            self._positions[levels] = (
+                tuple(where[q] for q in self.quantile_levels) if found else None
+            )
+        return self._positions[levels]
 
-    def _score(
-        self, key: Key, forecast: Forecast, hi: int, h: int, actual: float, target_ms: int
-    ) -> None:
+    def _score(self, key: Key, entry: _Pending, hi: int, actual: float, target_ms: int) -> None:
         bucket = target_ms // self.bucket_ms
         assert self._now_ms is not None
         if bucket < self._oldest_bucket(self._now_ms):
             return  # a repaired bar from before the window: nothing to add to
-        index = self._level_index[forecast.quantile_levels]
-        assert index is not None  # record() only keeps forecasts with a level index
-        row = forecast.values[h - 1]
-        model_err = abs(actual - row[index.median])
-        persistence_err = abs(actual - forecast.last_close)
-        covered = 1.0 if row[index.lowest] <= actual <= row[index.highest] else 0.0
-        pinball = math.fsum(
-            max(q * (actual - row[i]), (q - 1.0) * (actual - row[i])) for q, i in index.levels
-        ) / len(index.levels)
-        to_bps = 1e4 / forecast.last_close
+        n_levels = len(self.quantile_levels)
+        row = entry.values[hi * n_levels : (hi + 1) * n_levels]
+        model_err = abs(actual - row[self._median])
+        persistence_err = abs(actual - entry.last_close)
+        covered = 1.0 if row[0] <= actual <= row[-1] else 0.0
+        pinball = (
+            math.fsum(
+                max(q * (actual - v), (q - 1.0) * (actual - v))
+                for q, v in zip(self.quantile_levels, row, strict=True)
+            )
+            / n_levels
+        )
+        to_bps = 1e4 / entry.last_close
         ring = self._rings.get(key)
         if ring is None:
             ring = self._rings[key] = _Ring(self._n_slots, len(self.horizons))

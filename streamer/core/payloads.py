@@ -89,16 +89,21 @@ def iso_millis(ts_ms: int) -> str:
     return f"{whole}.{ts_ms % 1000:03d}Z"
 
 
+@lru_cache(maxsize=64)
+def _columns(levels: tuple[float, ...]) -> tuple[int, tuple[tuple[str, int], ...]]:
+    """Where the median is in ``levels``, and the other levels' payload keys and positions in
+    ascending order; raises ContractError when there is no median."""
+    if MEDIAN_LEVEL not in levels:
+        raise ContractError(f"forecast levels {levels} do not include 0.5")
+    median_index = levels.index(MEDIAN_LEVEL)
+    others = sorted((level, i) for i, level in enumerate(levels) if i != median_index)
+    return median_index, tuple((quantile_key(level), i) for level, i in others)
+
+
 def forecast_payload(f: Forecast) -> dict[str, Any]:
     """The schema-1 object of ``f``; raises ContractError when its levels lack the median."""
-    if MEDIAN_LEVEL not in f.quantile_levels:
-        raise ContractError(f"forecast levels {f.quantile_levels} do not include 0.5")
-    median_index = f.quantile_levels.index(MEDIAN_LEVEL)
-    quantiles = {
-        quantile_key(level): [row[i] for row in f.values]
-        for i, level in sorted(enumerate(f.quantile_levels), key=lambda item: item[1])
-        if i != median_index
-    }
+    median_index, others = _columns(f.quantile_levels)
+    columns = tuple(zip(*f.values, strict=True)) or ((),) * len(f.quantile_levels)  # [q][h]
     return {
         "schema": SCHEMA_VERSION,
         "exchange": f.exchange,
@@ -108,8 +113,8 @@ def forecast_payload(f: Forecast) -> dict[str, Any]:
         "issued_at": iso_millis(f.issued_at_ms),
         "last_close": f.last_close,
         "horizons_min": list(range(1, f.horizon + 1)),
-        "median": [row[median_index] for row in f.values],
-        "quantiles": quantiles,
+        "median": list(columns[median_index]),
+        "quantiles": {key: list(columns[i]) for key, i in others},
         "model": {"version": f.model_version, "trained_at": f.model_trained_at},
         "stale": f.stale,
     }

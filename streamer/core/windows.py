@@ -131,6 +131,11 @@ class Windows:
             return None
         return s.bar(key[0], key[1], s.n - 1)
 
+    def last_open_time(self, key: Key) -> int | None:
+        """Open time of the newest bar held (``last`` without building the ``Bar``)."""
+        s = self._series.get(key)
+        return int(s.times[s.n - 1]) if s is not None and s.n else None
+
     def tail(self, key: Key, n: int) -> list[Bar]:
         """The newest ``n`` bars as ``Bar`` values, oldest first (fewer if the window is short)."""
         s = self._series.get(key)

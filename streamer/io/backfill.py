@@ -87,7 +87,6 @@ class RestBackfill:
                 delay = self._next_request_at - time.monotonic()
                 if delay > 0:
                     await asyncio.sleep(delay)
-                self._next_request_at = time.monotonic() + self.exchange.min_request_interval_s
                 self.requests += 1
                 try:
                     async with self._session.get(url, params=request.params) as response:
@@ -102,6 +101,9 @@ class RestBackfill:
                     )
                     self._next_request_at = time.monotonic() + min(2.0**attempt, 30.0)
                     continue
+                # spaced from the end of this request: no delay in sending it (a busy loop, a GC
+                # pause) can bring two requests closer than the exchange's interval
+                self._next_request_at = time.monotonic() + self.exchange.min_request_interval_s
                 if status in RATE_LIMIT_STATUSES:
                     wait = retry_after_s(retry_after)
                     self._count("rate_limited")

@@ -20,7 +20,7 @@ from streamer.core.evaluation import OnlineEvaluator
 from streamer.core.forecasting import ModelIdentity, build_forecasts
 from streamer.core.types import MINUTE_MS, Bar, Forecast
 from streamer.core.windows import CLOSE, Windows
-from streamer.io.model import LoadedModel, ModelServer
+from streamer.io.model import CHUNK_ROWS, LoadedModel, ModelServer
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +42,9 @@ class ForecastSink(Protocol):
     def publish_skill(
         self, exchange: str, symbol: str, figures: dict[int, dict[str, float]]
     ) -> None: ...
+
+    async def wait_sent(self) -> None:
+        """Return once the forecasts handed over so far are out, or cannot be soon."""
 
 
 class Forecaster:
@@ -68,6 +71,7 @@ class Forecaster:
         self.skill_every_min = skill_every_min
         self.evaluator: OnlineEvaluator | None = None
         self._due: dict[Key, float] = {}  # key -> monotonic time its bar closed
+        self._unscored: list[Bar] = []
         self._wake = asyncio.Event()
         self._last_bar_time: dict[Key, int] = {}
         self.published_total = 0
@@ -75,27 +79,30 @@ class Forecaster:
         self.rounds_total = 0
 
     def on_bars(self, bars: list[Bar]) -> None:
-        """Closed or repaired bars: score past forecasts, mark symbols due for a new one."""
+        """Closed or repaired bars: mark symbols due for a new forecast, score past ones later."""
         now = time.monotonic()
-        evaluator = self.evaluator
+        self._unscored.extend(bars)
         for bar in bars:
-            if evaluator is not None:
-                evaluator.observe(bar)
-            last = self.windows.last(bar.key)
-            if last is not None and last.open_time_ms == bar.open_time_ms:
+            if self.windows.last_open_time(bar.key) == bar.open_time_ms:
                 self._due.setdefault(bar.key, now)
-        if self._due:
-            self._wake.set()
+        self._wake.set()
 
     async def run(self) -> None:
         while True:
             await self._wake.wait()
             self._wake.clear()
             due, self._due = self._due, {}
-            forecasts = await self.forecast_round(due)
+            forecasts = await self.forecast_round(due) if due else []
+            await self.sink.wait_sent()  # scoring and skill figures keep out of their way
             await self.publish_skill(forecasts)
 
     async def forecast_round(self, due: dict[Key, float]) -> list[Forecast]:
+        """Forecast every due symbol with a full window; returns the forecasts published.
+
+        Inference runs in chunks of ``CHUNK_ROWS``, each queued on the worker thread as soon as
+        it is gathered, and each chunk's forecasts go to the sink as soon as it is done, so the
+        loop builds and sends one chunk while the next is computed.
+        """
         model = self.server.current
         if model is None:
             self.skipped["no_model"] += len(due)
@@ -118,34 +125,43 @@ class Forecaster:
             last_closes.append(float(series.values[series.n - 1, CLOSE]))
         if not keys:
             return []
-        batch = self.windows.batch(keys, window)
-        t0 = time.monotonic()
-        output = await self.server.predict(batch, model)
-        inference_s = time.monotonic() - t0
-        forecasts, rejected = build_forecasts(
-            keys,
-            last_times,
-            last_closes,
-            output,
-            model.spec,
-            self._identity(model),
-            self._wall_ms(),
-        )
-        if rejected:
-            self.skipped["bad_output"] += len(rejected)
-            log.warning("model output refused", extra={"symbols": len(rejected)})
-        for forecast in forecasts:
-            key = (forecast.exchange, forecast.symbol)
-            self.sink.publish_forecast(forecast, due[key])
-            self._last_bar_time[key] = forecast.bar_time_ms
+        starts = range(0, len(keys), CHUNK_ROWS)
+        # each chunk starts computing as soon as it is gathered, while the next one is
+        runs = [
+            self.server.submit(self.windows.batch(keys[i : i + CHUNK_ROWS], window), model)
+            for i in starts
+        ]
+        identity = self._identity(model)
+        issued_at_ms = self._wall_ms()
+        forecasts: list[Forecast] = []
+        inference_s = 0.0
+        try:
+            for i, run in zip(starts, runs, strict=True):
+                output, seconds = await run
+                inference_s += seconds
+                j = i + CHUNK_ROWS
+                chunk, rejected = build_forecasts(
+                    keys[i:j], last_times[i:j], last_closes[i:j], output, model.spec, identity,
+                    issued_at_ms,
+                )  # fmt: skip
+                if rejected:
+                    self.skipped["bad_output"] += len(rejected)
+                    log.warning("model output refused", extra={"symbols": len(rejected)})
+                for forecast in chunk:
+                    key = (forecast.exchange, forecast.symbol)
+                    self.sink.publish_forecast(forecast, due[key])
+                    self._last_bar_time[key] = forecast.bar_time_ms
+                forecasts += chunk
+                await asyncio.sleep(0)  # the publisher sends this chunk while the next computes
+        finally:
+            for run in runs:
+                run.cancel()
         self.published_total += len(forecasts)
         self.rounds_total += 1
         if self._on_round is not None and forecasts:
             closed = min(due[(f.exchange, f.symbol)] for f in forecasts)
             self._on_round(inference_s, time.monotonic() - closed, len(forecasts))
-        evaluator = self._evaluator_for(model)
-        for forecast in forecasts:
-            evaluator.record(forecast)
+        self._evaluator_for(model)  # the forecasts are recorded with the skill step
         return forecasts
 
     def _identity(self, model: LoadedModel) -> ModelIdentity:
@@ -161,13 +177,20 @@ class Forecaster:
         return current
 
     async def publish_skill(self, forecasts: list[Forecast]) -> None:
-        """Skill figures of the symbols just forecast, each symbol every ``skill_every_min``
+        """Record ``forecasts`` for scoring, score the bars closed since the last round, then
+        publish the skill figures of the symbols just forecast, each every ``skill_every_min``
         minutes (staggered by a stable hash): rolling 24 h figures barely move in a minute, and
         1,000 skill messages a minute would double the MQTT traffic. Computed after the
         forecasts, in slices that yield to the loop, so they never hold up the forecasts."""
+        bars, self._unscored = self._unscored, []
         evaluator = self.evaluator
         if evaluator is None:
             return
+        # Recorded and scored here, once the forecasts are out: no subscriber waits on it.
+        for forecast in forecasts:
+            evaluator.record(forecast)
+        for bar in bars:
+            evaluator.observe(bar)
         every = self.skill_every_min
         keys = sorted(
             (f.exchange, f.symbol)

@@ -76,6 +76,9 @@ class Serving:
     ) -> None:
         self.sink.publish_skill(exchange, symbol, figures)
 
+    async def wait_sent(self) -> None:
+        await self.sink.wait_sent()
+
     async def close(self) -> None:
         self.server.close()
 

@@ -17,6 +17,7 @@ from streamer.io.forecaster import ForecastSink
 from streamer.io.publisher import MqttPublisher
 
 LatencyObserver = Callable[[float], None]
+SENT_WAIT_S = 2.0  # the longest the skill step waits for a minute's forecasts to be ACKed
 
 
 class MqttSink:
@@ -55,6 +56,9 @@ class MqttSink:
         )
         self.publisher.publish(topic, payload)
 
+    async def wait_sent(self) -> None:
+        await self.publisher.wait_sent(SENT_WAIT_S)
+
 
 class LineSink:
     """One JSON line per forecast (the DESIGN 3.2 payload), for runs without a terminal."""
@@ -76,6 +80,9 @@ class LineSink:
     ) -> None:
         return None
 
+    async def wait_sent(self) -> None:
+        return None
+
 
 class FanOutSink:
     """Each forecast and skill figure to several sinks: the demo's console view and MQTT."""
@@ -93,6 +100,10 @@ class FanOutSink:
         for sink in self.sinks:
             sink.publish_skill(exchange, symbol, figures)
 
+    async def wait_sent(self) -> None:
+        for sink in self.sinks:
+            await sink.wait_sent()
+
 
 class DiscardSink:
     """No destination configured: forecasts are still made and scored, just not sent."""
@@ -103,4 +114,7 @@ class DiscardSink:
     def publish_skill(
         self, exchange: str, symbol: str, figures: dict[int, dict[str, float]]
     ) -> None:
+        return None
+
+    async def wait_sent(self) -> None:
         return None

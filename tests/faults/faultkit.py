@@ -71,6 +71,9 @@ class RecordingSink:
     ) -> None:
         return None
 
+    async def wait_sent(self) -> None:
+        return None
+
     def bar_times(self, symbol: str) -> list[int]:
         return [f.bar_time_ms for f in self.forecasts if f.symbol == symbol]
 

@@ -168,6 +168,32 @@ async def test_close_drains_the_queue_before_saying_offline(
     assert all(0.0 <= s < 3.0 for _, s in latencies)
 
 
+async def test_wait_sent_returns_once_everything_is_acked_and_at_once_without_a_broker(
+    mosquitto_server: ServerProcess,
+) -> None:
+    """What the forecaster waits on before scoring: the window of 50 in flight still delivers
+    all 300 in order, and wait_sent returns when the last ACK is in, not at its timeout."""
+    pub = MqttPublisher(options(mosquitto_server.url, inflight_max=50))
+    payloads = [(f"{PREFIX}/forecast/kraken/S{i}", f"p{i}".encode()) for i in range(300)]
+    async with subscribed(mosquitto_server.port) as inbox, running(pub):
+        await wait_until(lambda: pub.connected)
+        for topic, payload in payloads:
+            pub.publish(topic, payload)
+        started = time.monotonic()
+        await pub.wait_sent(timeout_s=30.0)
+        assert time.monotonic() - started < 10.0  # not the timeout
+        assert pub.published_total == 300 and pub.queued == 0
+        await inbox.wait_for(lambda m: len(m) == 301)
+        assert [(t, p) for t, p, _ in inbox.messages[1:]] == payloads
+    # no broker at all: queued payloads cannot be sent, and wait_sent does not wait for them
+    away = MqttPublisher(options(f"mqtt://127.0.0.1:{free_port()}"))
+    async with running(away, close_timeout_s=0.5):
+        away.publish(f"{PREFIX}/forecast/kraken/X", b"x")
+        started = time.monotonic()
+        await away.wait_sent(timeout_s=30.0)
+        assert time.monotonic() - started < 1.0 and away.queued == 1
+
+
 def balanced(pub: MqttPublisher, accepted: int) -> bool:
     """Every accepted payload is accounted for: ACKed, dropped (counted) or still queued."""
     return accepted + pub.republished_total == pub.published_total + pub.dropped_total + pub.queued

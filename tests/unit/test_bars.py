@@ -6,6 +6,8 @@ import math
 import time
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from streamer.core.bars import RECENT_CLOSED_MINUTES, AddOutcome, BarAggregator, snap_volume
 from streamer.core.types import MINUTE_MS, Bar, Trade
@@ -375,6 +377,18 @@ def test_snap_volume() -> None:
     # a value that is not near a short decimal is left alone
     assert snap_volume(1 / 3) == 1 / 3
     assert snap_volume(math.pi * 1e5) == math.pi * 1e5
+
+
+@given(st.floats(min_value=0.0, max_value=1e12, allow_nan=False, allow_infinity=False))
+def test_snap_volume_is_the_shortest_decimal_within_two_ulps(total: float) -> None:
+    """The binary search finds what trying 1, 2, 3, ... significant digits in turn finds."""
+    tolerance = 2 * math.ulp(total)
+    shortest = next(
+        float(f"{total:.{d}g}")
+        for d in range(1, 18)
+        if abs(float(f"{total:.{d}g}") - total) <= tolerance
+    )
+    assert snap_volume(total) == shortest
 
 
 def test_invalid_settings() -> None:

@@ -19,7 +19,7 @@ from fixtures.models import build_model, expected_output, real_bars
 from streamer.core.types import Bar, Forecast
 from streamer.core.windows import Windows
 from streamer.io.forecaster import Forecaster
-from streamer.io.model import LoadedModel, ModelServer, load_model
+from streamer.io.model import CHUNK_ROWS, LoadedModel, ModelServer, load_model
 
 WINDOW, HORIZON, BAND = 10, 3, 0.001
 LEVELS = (0.1, 0.5, 0.9)
@@ -35,9 +35,11 @@ class CountingServer(ModelServer):
         super().__init__(max_age_s=None)
         self.batches: list[tuple[int, ...]] = []
 
-    async def predict(self, batch: FloatArray, model: LoadedModel | None = None) -> FloatArray:
+    def submit(
+        self, batch: FloatArray, model: LoadedModel | None = None
+    ) -> asyncio.Future[tuple[FloatArray, float]]:
         self.batches.append(batch.shape)
-        return await super().predict(batch, model)
+        return super().submit(batch, model)
 
 
 class SwapDuringPredict(CountingServer):
@@ -47,11 +49,13 @@ class SwapDuringPredict(CountingServer):
         super().__init__()
         self.then: LoadedModel | None = then
 
-    async def predict(self, batch: FloatArray, model: LoadedModel | None = None) -> FloatArray:
+    def submit(
+        self, batch: FloatArray, model: LoadedModel | None = None
+    ) -> asyncio.Future[tuple[FloatArray, float]]:
         if self.then is not None:
             self.swap(self.then)
             self.then = None
-        return await super().predict(batch, model)
+        return super().submit(batch, model)
 
 
 class RecordingSink:
@@ -68,6 +72,9 @@ class RecordingSink:
         self, exchange: str, symbol: str, figures: dict[int, dict[str, float]]
     ) -> None:
         self.skills.append((exchange, symbol, figures))
+
+    async def wait_sent(self) -> None:
+        return None
 
 
 def model(version: str, band: float = BAND) -> LoadedModel:
@@ -143,6 +150,45 @@ async def test_full_windows_forecast_in_one_batch_short_and_holed_ones_skipped(
     assert [f for f, _ in sink.forecasts] == forecasts
     assert [t for _, t in sink.forecasts] == [due[("binance", "BTCUSDT")]] * 2
     assert forecaster.published_total == 2 and forecaster.rounds_total == 1
+
+
+async def test_a_round_larger_than_a_chunk_is_inferred_in_chunks_and_published_whole(
+    btc: list[Bar],
+) -> None:
+    """Two and a half chunks of symbols: each chunk is published as soon as it is inferred,
+    every symbol gets its own row, in order, and a swap mid-round does not touch the round."""
+    windows = Windows(1440)
+    v1, v2 = model("v1"), model("v2", band=0.004)
+    server = SwapDuringPredict(v2)
+    server.swap(v1)
+    sink = RecordingSink()
+    forecaster = Forecaster(
+        windows, server, sink, eval_horizons=[1], eval_window_ms=86_400_000,
+        wall_clock_ms=lambda: WALL_MS,
+    )  # fmt: skip
+    n = 2 * CHUNK_ROWS + CHUNK_ROWS // 2
+    symbols = [f"S{i:03d}USDT" for i in range(n)]
+    # each symbol its own stretch of the real series, so every row of the batch differs
+    bars = [
+        msgspec.structs.replace(b, symbol=symbol)
+        for i, symbol in enumerate(symbols)
+        for b in btc[i % 50 : i % 50 + WINDOW]
+    ]
+    forecasts = await forecaster.forecast_round(close(forecaster, windows, bars))
+    assert server.batches == [(CHUNK_ROWS, WINDOW, 5)] * 2 + [(CHUNK_ROWS // 2, WINDOW, 5)]
+    assert [f.symbol for f in forecasts] == symbols
+    assert [f for f, _ in sink.forecasts] == forecasts
+    assert {f.model_version for f in forecasts} == {"v1"}  # v2 was swapped in mid-round
+    batch = np.array(
+        [[[b.open, b.high, b.low, b.close, b.volume] for b in btc[i % 50 : i % 50 + WINDOW]]
+         for i in range(n)],
+        dtype=np.float32,
+    )  # fmt: skip
+    expected = expected_output(batch, HORIZON, LEVELS, BAND)
+    for f, rows in zip(forecasts, expected, strict=True):
+        assert f.values == tuple(tuple(float(v) for v in h) for h in rows)
+    await forecaster.publish_skill(forecasts)
+    assert forecaster.evaluator is not None and forecaster.evaluator.pending_count() == n
 
 
 async def test_a_repaired_last_bar_is_not_forecast_twice(btc: list[Bar]) -> None:

@@ -25,6 +25,7 @@ from fixtures.models import (
 )
 
 from streamer.io.model import (
+    CHUNK_ROWS,
     DirectoryRegistry,
     LoadedModel,
     ModelFile,
@@ -195,8 +196,12 @@ async def test_predict_runs_in_one_worker_thread_off_the_loop() -> None:
     finally:
         tick_task.cancel()
     np.testing.assert_array_equal(outs[0][:2], outs[1])
+    # the 1,000 rows went through in cache-sized chunks and came back whole, in order
+    np.testing.assert_allclose(
+        outs[0], expected_output(batch, 15, DEFAULT_LEVELS, 0.001), rtol=1e-7
+    )
     loop_thread = threading.get_ident()
-    assert len(recorder.threads) == 2
+    assert len(recorder.threads) == -(-len(batch) // CHUNK_ROWS) + 1
     assert loop_thread not in recorder.threads
     assert len(set(recorder.threads)) == 1  # one dedicated worker
     assert ticks > 0  # the loop kept running while inference ran

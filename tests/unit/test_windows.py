@@ -15,7 +15,9 @@ def test_append_cap_and_tail() -> None:
     assert [b.open_time_ms // 60_000 for b in w.tail(key, 10)] == [2, 3, 4]
     assert [b.open_time_ms // 60_000 for b in w.tail(key, 2)] == [3, 4]
     assert w.last(key) == bar(4)
+    assert w.last_open_time(key) == 4 * 60_000
     assert w.tail(("binance", "ETHUSDT"), 2) == []
+    assert w.last_open_time(("binance", "ETHUSDT")) is None
 
 
 def test_backfilled_bar_replaces_incomplete_and_fills_holes() -> None:
