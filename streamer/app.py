@@ -94,7 +94,6 @@ class Streamer:
         self.feeds: dict[str, Feed] = {}
         self._clock_source = clock
         self._gaps: asyncio.Queue[Gap] = asyncio.Queue(GAP_QUEUE_MAX)
-        self.gaps_dropped = 0
         self.gaps_repaired = 0
         self._stop = asyncio.Event()
         self._session: aiohttp.ClientSession | None = None
@@ -384,7 +383,7 @@ class Streamer:
         try:
             self._gaps.put_nowait(gap)
         except asyncio.QueueFull:
-            self.gaps_dropped += 1
+            self.metrics.gaps_dropped.labels(gap.exchange).inc()
             log.error("gap queue full, gap not repaired", extra={"gap": repr(gap)})
 
     async def _repair_gaps(self) -> None:

@@ -98,6 +98,18 @@ class Series:
             bool(self.complete[i]),
         )
 
+    def full_ends(self, since_ms: int, window: int) -> list[int]:
+        """End rows (exclusive) of the full windows that end at a bar opening at or after
+        ``since_ms``, oldest first: the minutes still to forecast when several closed at once."""
+        start, n = self.start, self.n
+        first = start + int(np.searchsorted(self.times[start:n], since_ms))
+        step = (window - 1) * MINUTE_MS
+        return [
+            end
+            for end in range(max(first, start + window - 1) + 1, n + 1)
+            if self.times[end - 1] - self.times[end - window] == step
+        ]
+
     def full_tail(self, window: int) -> bool:
         """The newest ``window`` bars are consecutive minutes: fit to forecast."""
         if len(self) < window:
@@ -144,15 +156,20 @@ class Windows:
         first = max(s.start, s.n - n)
         return [s.bar(key[0], key[1], i) for i in range(first, s.n)]
 
-    def batch(self, keys: Sequence[Key], window: int) -> npt.NDArray[np.float32]:
+    def batch(
+        self, keys: Sequence[Key], window: int, ends: Sequence[int] | None = None
+    ) -> npt.NDArray[np.float32]:
         """Model input ``[len(keys), window, 5]`` float32 (o, h, l, c, v), oldest bar first.
 
-        Every key must have a full tail (``Series.full_tail``); choosing them is the caller's.
+        Row ``i`` is the window of ``keys[i]`` that ends before row ``ends[i]`` of its series
+        (default: the newest). Every window must be full (``Series.full_tail``, ``full_ends``);
+        choosing them is the caller's.
         """
         out = np.empty((len(keys), window, 5), dtype=np.float32)
         for row, key in enumerate(keys):
             s = self._series[key]
-            out[row] = s.values[s.n - window : s.n, :5]
+            end = s.n if ends is None else ends[row]
+            out[row] = s.values[end - window : end, :5]
         return out
 
     def keys(self) -> list[Key]:

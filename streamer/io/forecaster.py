@@ -71,6 +71,7 @@ class Forecaster:
         self.skill_every_min = skill_every_min
         self.evaluator: OnlineEvaluator | None = None
         self._due: dict[Key, float] = {}  # key -> monotonic time its bar closed
+        self._due_since: dict[Key, int] = {}  # key -> oldest minute closed since the last round
         self._unscored: list[Bar] = []
         self._wake = asyncio.Event()
         self._last_bar_time: dict[Key, int] = {}
@@ -85,6 +86,7 @@ class Forecaster:
         for bar in bars:
             if self.windows.last_open_time(bar.key) == bar.open_time_ms:
                 self._due.setdefault(bar.key, now)
+                self._due_since.setdefault(bar.key, bar.open_time_ms)
         self._wake.set()
 
     async def run(self) -> None:
@@ -99,36 +101,53 @@ class Forecaster:
     async def forecast_round(self, due: dict[Key, float]) -> list[Forecast]:
         """Forecast every due symbol with a full window; returns the forecasts published.
 
+        When several minutes of a symbol closed before the round could run (a burst of closes
+        on the watermark clock, a busy loop), each gets its forecast, oldest first.
+
         Inference runs in chunks of ``CHUNK_ROWS``, each queued on the worker thread as soon as
         it is gathered, and each chunk's forecasts go to the sink as soon as it is done, so the
         loop builds and sends one chunk while the next is computed.
         """
+        since, self._due_since = self._due_since, {}
         model = self.server.current
         if model is None:
             self.skipped["no_model"] += len(due)
             return []
         window = model.spec.window
-        keys: list[Key] = []
-        last_times: list[int] = []
-        last_closes: list[float] = []
+        keys: list[Key] = []  # one row per forecast: a key, and the end of its window
+        ends: list[int] = []
         for key in due:
             series = self.windows.series(key)
             if series is None or not series.full_tail(window):
                 self.skipped["short_window"] += 1
                 continue
-            last_time = int(series.times[series.n - 1])
-            if self._last_bar_time.get(key) == last_time:
+            newest = int(series.times[series.n - 1])
+            previous = self._last_bar_time.get(key)
+            if previous == newest:
                 self.skipped["already_forecast"] += 1
                 continue
-            keys.append(key)
-            last_times.append(last_time)
-            last_closes.append(float(series.values[series.n - 1, CLOSE]))
+            first = since.get(key, newest)
+            if previous is not None:
+                first = max(first, previous + MINUTE_MS)
+            if first >= newest:
+                key_ends = [series.n]
+            else:
+                key_ends = series.full_ends(first, window)
+                missed = (newest - first) // MINUTE_MS + 1 - len(key_ends)
+                if missed:  # minutes without a full window (a hole not yet backfilled)
+                    self.skipped["short_window"] += missed
+            keys += [key] * len(key_ends)
+            ends += key_ends
         if not keys:
             return []
+        last_times, last_closes = self._last_bars(keys, ends)
         starts = range(0, len(keys), CHUNK_ROWS)
         # each chunk starts computing as soon as it is gathered, while the next one is
         runs = [
-            self.server.submit(self.windows.batch(keys[i : i + CHUNK_ROWS], window), model)
+            self.server.submit(
+                self.windows.batch(keys[i : i + CHUNK_ROWS], window, ends[i : i + CHUNK_ROWS]),
+                model,
+            )
             for i in starts
         ]
         identity = self._identity(model)
@@ -164,6 +183,16 @@ class Forecaster:
         self._evaluator_for(model)  # the forecasts are recorded with the skill step
         return forecasts
 
+    def _last_bars(self, keys: list[Key], ends: list[int]) -> tuple[list[int], list[float]]:
+        """Open time and close of the bar each window ends with."""
+        times, closes = [], []
+        for key, end in zip(keys, ends, strict=True):
+            series = self.windows.series(key)
+            assert series is not None
+            times.append(int(series.times[end - 1]))
+            closes.append(float(series.values[end - 1, CLOSE]))
+        return times, closes
+
     def _identity(self, model: LoadedModel) -> ModelIdentity:
         return ModelIdentity(model.version, model.trained_at, self.server.stale(model=model))
 
@@ -193,9 +222,11 @@ class Forecaster:
             evaluator.observe(bar)
         every = self.skill_every_min
         keys = sorted(
-            (f.exchange, f.symbol)
-            for f in forecasts
-            if (f.bar_time_ms // MINUTE_MS + _stagger(f.exchange, f.symbol, every)) % every == 0
+            {
+                (f.exchange, f.symbol)
+                for f in forecasts
+                if (f.bar_time_ms // MINUTE_MS + _stagger(f.exchange, f.symbol, every)) % every == 0
+            }
         )
         for i, (exchange, symbol) in enumerate(keys):
             if i and i % SKILL_SLICE == 0:

@@ -169,6 +169,12 @@ class Metrics:
             ["exchange", "outcome"],
             registry=r,
         )
+        self.gaps_dropped = Counter(
+            "tickcast_gaps_dropped_total",
+            "Feed gaps not queued for REST repair (the gap queue was full)",
+            ["exchange"],
+            registry=r,
+        )
         self.backfill_bars = Counter(
             "tickcast_backfill_bars_total",
             "Bars fetched over REST backfill",

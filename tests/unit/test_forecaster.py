@@ -191,6 +191,35 @@ async def test_a_round_larger_than_a_chunk_is_inferred_in_chunks_and_published_w
     assert forecaster.evaluator is not None and forecaster.evaluator.pending_count() == n
 
 
+async def test_minutes_that_closed_before_the_round_ran_each_get_their_forecast(
+    btc: list[Bar],
+) -> None:
+    """Three minutes close before the forecaster's round runs (a burst on the watermark
+    clock): each is forecast from the window ending at it, oldest first; none is skipped."""
+    windows = Windows(1440)
+    forecaster, server, _ = make(windows, model("v1"))
+    await forecaster.forecast_round(close(forecaster, windows, btc[:WINDOW]))
+    for bar in btc[WINDOW : WINDOW + 3]:
+        close(forecaster, windows, [bar])  # each minute closes on its own; no round between
+    due = {("binance", "BTCUSDT"): 1.0}
+    forecasts = await forecaster.forecast_round(due)
+    assert [f.bar_time_ms for f in forecasts] == [b.open_time_ms for b in btc[WINDOW : WINDOW + 3]]
+    assert server.batches[-1] == (3, WINDOW, 5)  # one call for the three
+    batch = np.array(
+        [[[b.open, b.high, b.low, b.close, b.volume] for b in btc[i + 1 : i + 1 + WINDOW]]
+         for i in range(3)],
+        dtype=np.float32,
+    )  # fmt: skip
+    expected = expected_output(batch, HORIZON, LEVELS, BAND)
+    for f, rows, bar in zip(forecasts, expected, btc[WINDOW : WINDOW + 3], strict=True):
+        assert f.last_close == bar.close
+        assert f.values == tuple(tuple(float(v) for v in h) for h in rows)
+    assert not forecaster.skipped
+    # the round after that forecasts only the new minute
+    nxt = await forecaster.forecast_round(close(forecaster, windows, [btc[WINDOW + 3]]))
+    assert [f.bar_time_ms for f in nxt] == [btc[WINDOW + 3].open_time_ms]
+
+
 async def test_a_repaired_last_bar_is_not_forecast_twice(btc: list[Bar]) -> None:
     windows = Windows(1440)
     forecaster, server, sink = make(windows, model("v1"))

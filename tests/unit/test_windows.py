@@ -35,3 +35,17 @@ def test_bar_older_than_a_full_window_is_ignored() -> None:
     w = Windows(cap=2)
     w.apply([bar(5), bar(6), bar(1)])
     assert [b.open_time_ms // 60_000 for b in w.tail(("binance", "BTCUSDT"), 5)] == [5, 6]
+
+
+def test_full_ends_are_the_windows_ending_at_each_minute_since_a_time() -> None:
+    w = Windows(cap=10)
+    key = ("binance", "BTCUSDT")
+    w.apply([bar(t, close=float(t)) for t in (1, 2, 3, 5, 6, 7, 8)])  # minute 4 is a hole
+    s = w.series(key)
+    assert s is not None
+    # windows of 2 ending at minutes 3, 5 (crosses the hole: not full), 6, 7, 8
+    ends = s.full_ends(3 * 60_000, 2)
+    assert [int(s.times[e - 1]) // 60_000 for e in ends] == [3, 6, 7, 8]
+    assert s.full_ends(9 * 60_000, 2) == []
+    batch = w.batch([key] * len(ends), 2, ends)
+    assert batch[:, :, 3].tolist() == [[2.0, 3.0], [5.0, 6.0], [6.0, 7.0], [7.0, 8.0]]
