@@ -113,6 +113,18 @@ def make(
     return forecaster, server, sink
 
 
+def swapping_mid_round(windows: Windows) -> tuple[Forecaster, SwapDuringPredict, RecordingSink]:
+    """v1 serves; v2 (a wider band) is swapped in during the first round's first chunk."""
+    server = SwapDuringPredict(then=model("v2", band=0.004))
+    server.swap(model("v1"))
+    sink = RecordingSink()
+    forecaster = Forecaster(
+        windows, server, sink, eval_horizons=[1], eval_window_ms=86_400_000,
+        wall_clock_ms=lambda: WALL_MS,
+    )  # fmt: skip
+    return forecaster, server, sink
+
+
 def close(forecaster: Forecaster, windows: Windows, bars: list[Bar]) -> dict[Key, float]:
     """What the app does with closed bars: windows first, then the forecaster; the due set."""
     windows.apply(bars)
@@ -158,14 +170,7 @@ async def test_a_round_larger_than_a_chunk_is_inferred_in_chunks_and_published_w
     """Two and a half chunks of symbols: each chunk is published as soon as it is inferred,
     every symbol gets its own row, in order, and a swap mid-round does not touch the round."""
     windows = Windows(1440)
-    v1, v2 = model("v1"), model("v2", band=0.004)
-    server = SwapDuringPredict(v2)
-    server.swap(v1)
-    sink = RecordingSink()
-    forecaster = Forecaster(
-        windows, server, sink, eval_horizons=[1], eval_window_ms=86_400_000,
-        wall_clock_ms=lambda: WALL_MS,
-    )  # fmt: skip
+    forecaster, server, sink = swapping_mid_round(windows)
     n = 2 * CHUNK_ROWS + CHUNK_ROWS // 2
     symbols = [f"S{i:03d}USDT" for i in range(n)]
     # each symbol its own stretch of the real series, so every row of the batch differs
@@ -320,14 +325,7 @@ async def test_run_loop_forecasts_what_on_bars_marks_due(btc: list[Bar]) -> None
 
 async def test_a_swap_during_a_round_does_not_mix_models(btc: list[Bar], eth: list[Bar]) -> None:
     windows = Windows(1440)
-    v1, v2 = model("v1"), model("v2", band=0.004)
-    server = SwapDuringPredict(then=v2)
-    server.swap(v1)
-    sink = RecordingSink()
-    forecaster = Forecaster(
-        windows, server, sink, eval_horizons=[1], eval_window_ms=86_400_000,
-        wall_clock_ms=lambda: WALL_MS,
-    )  # fmt: skip
+    forecaster, _, _ = swapping_mid_round(windows)
     out = await forecaster.forecast_round(close(forecaster, windows, btc[:WINDOW] + eth[:WINDOW]))
     # the round took v1 once: every forecast of it is v1's, values included (band 0.001)
     assert [f.model_version for f in out] == ["v1", "v1"]
