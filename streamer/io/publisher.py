@@ -309,6 +309,12 @@ class MqttPublisher:
             log.info("mqtt connected to %s", redact(self.options.url))
             self._requeue_latest()
             try:
+                # aiomqtt waits with asyncio.wait_for, which in Python 3.11 can swallow a cancel
+                # that lands as the awaited reply arrives (CPython gh-86296): a session
+                # cancelled while connecting must not go on to drain forever.
+                task = asyncio.current_task()
+                if task is not None and task.cancelling():
+                    raise asyncio.CancelledError
                 async with asyncio.TaskGroup() as tg:
                     watcher = tg.create_task(self._watch(client), name="mqtt-watch")
                     await self._drain(client)
