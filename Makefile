@@ -47,7 +47,9 @@ demo: $(STAMP)
 bench: $(STAMP) deps
 	@for b in bench/bench_*.py; do echo "# $$b" >&2; $(PY) $$b || exit 1; done
 
-# soak: a week of real data, 50 symbols, periodic faults (~15 min); not part of make test
+# soak: a week of real data, 50 symbols over Binance, Coinbase and Kraken (one replay each),
+# rotations, serverShutdown, drops, a 418 ban, Coinbase quiet stretches (~17 min); not part of
+# make test. ARGS="--venues binance" runs one venue
 soak: $(STAMP) deps
 	$(PY) bench/soak.py $(ARGS)
 

@@ -37,7 +37,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
-import json
 import shutil
 import socket
 import statistics
@@ -50,6 +49,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import benchkit
+from benchkit import free_port
+
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))  # the fixture model builder
 
@@ -59,7 +61,7 @@ from streamer.core.bars import BarAggregator  # noqa: E402
 from streamer.core.types import MINUTE_MS, Bar, Forecast, Trade  # noqa: E402
 from streamer.core.windows import Windows  # noqa: E402
 from streamer.io.forecaster import Forecaster  # noqa: E402
-from streamer.io.model import FloatArray, LoadedModel, ModelServer, load_model  # noqa: E402
+from streamer.io.model import FloatArray, LoadedModel, ModelServer, TimeArray, load_model  # noqa: E402
 from streamer.io.publisher import MqttOptions, MqttPublisher  # noqa: E402
 from streamer.io.sinks import MqttSink  # noqa: E402
 from streamer.io.store import BufferedBarWriter, RedisBarStore  # noqa: E402
@@ -98,14 +100,7 @@ for line in sub.stdout:
 
 
 def figure(name: str, value: float, target: float | None = None, unit: str = "ms") -> None:
-    line = {
-        "bench": f"{NAME}.{name}",
-        "value": round(value, 3),
-        "unit": unit,
-        "target": target,
-        "better": "lower",
-    }
-    print(json.dumps(line), flush=True)
+    benchkit.figure(f"{NAME}.{name}", round(value, 3), unit, target)
 
 
 def p99(values: list[float]) -> float:
@@ -114,12 +109,6 @@ def p99(values: list[float]) -> float:
 
 
 # ---- servers ------------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def wait_for_port(port: int, proc: subprocess.Popen[bytes]) -> None:
@@ -225,11 +214,14 @@ class TimedServer(ModelServer):
     compute_s: float = 0.0
 
     def submit(
-        self, batch: FloatArray, model: LoadedModel | None = None
+        self,
+        batch: FloatArray,
+        model: LoadedModel | None = None,
+        bar_time_s: TimeArray | None = None,
     ) -> asyncio.Future[tuple[FloatArray, float]]:
         if self.first_started is None:
             self.first_started = time.monotonic()
-        future = super().submit(batch, model)
+        future = super().submit(batch, model, bar_time_s)
         future.add_done_callback(self._add_compute)
         return future
 
@@ -256,10 +248,10 @@ class TimedForecaster(Forecaster):
             await super().publish_skill(forecasts)
         self.skill_seconds = time.monotonic() - started
 
-    async def forecast_round(self, due: dict[tuple[str, str], float]) -> list[Forecast]:
+    async def forecast_round(self) -> list[Forecast]:
         self.round_started = time.monotonic()
         self.server.first_started, self.server.compute_s = None, 0.0
-        forecasts = await super().forecast_round(due)
+        forecasts = await super().forecast_round()
         self.round_ended = time.monotonic()
         return forecasts
 

@@ -15,12 +15,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import statistics
 import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+
+import numpy as np
+from benchkit import figure
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))  # the fixture model builder and the real bars
@@ -46,15 +48,8 @@ def make_series(n: int, window: int) -> list[list[Bar]]:
     return [cuts[i % len(cuts)] for i in range(n)]
 
 
-def emit(figure: str, value: float, target: float | None) -> None:
-    line = {
-        "bench": f"{NAME}.{figure}",
-        "value": round(value, 4),
-        "unit": "ms",
-        "target": target,
-        "better": "lower",
-    }
-    print(json.dumps(line), flush=True)
+def emit(name: str, value: float, target: float | None) -> None:
+    figure(f"{NAME}.{name}", round(value, 4), "ms", target)
 
 
 def median_ms(samples: Sequence[float]) -> float:
@@ -75,10 +70,13 @@ async def timed(repeat: int, call: Callable[[], object]) -> list[float]:
 async def bench_size(server: ModelServer, n: int, window: int, repeat: int, target: float) -> None:
     series = make_series(n, window)
     batch = window_array(series, window)
-    await server.predict(batch)  # warm-up
+    bar_time_s = np.array([s[-1].open_time_ms // 1000 for s in series], np.int64)  # contract 2
+    await server.predict(batch, bar_time_s=bar_time_s)  # warm-up
     features = await timed(repeat, lambda: window_array(series, window))
-    predict = await timed(repeat, lambda: server.predict(batch))
-    both = await timed(repeat, lambda: server.predict(window_array(series, window)))
+    predict = await timed(repeat, lambda: server.predict(batch, bar_time_s=bar_time_s))
+    both = await timed(
+        repeat, lambda: server.predict(window_array(series, window), bar_time_s=bar_time_s)
+    )
     emit(f"window_array_{n}_series", median_ms(features), None)
     emit(f"predict_{n}_series", median_ms(predict), target)
     emit(f"features_and_predict_{n}_series", median_ms(both), None)

@@ -33,6 +33,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import benchkit
+
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_MODEL = REPO / "models" / "default" / "model.onnx"
 NAME = "memory"
@@ -48,14 +50,7 @@ def rss_mb() -> float:
 
 
 def figure(name: str, value: float, target: float | None = None, unit: str = "MB") -> None:
-    line = {
-        "bench": f"{NAME}.{name}",
-        "value": round(value, 1),
-        "unit": unit,
-        "target": target,
-        "better": "lower",
-    }
-    print(json.dumps(line), flush=True)
+    benchkit.figure(f"{NAME}.{name}", round(value, 1), unit, target)
 
 
 # ---- the measured process -----------------------------------------------------------------
@@ -113,11 +108,9 @@ async def child(n_symbols: int, cap: int, data: Path, model_bytes: bytes) -> dic
         bars = [bar(i, minute) for i in range(n_symbols)]
         streamer.windows.apply(bars)
         forecaster.on_bars(bars)
-        due, forecaster._due = forecaster._due, {}  # what forecaster.run() takes each close
-        await forecaster.publish_skill(await forecaster.forecast_round(due))
-        publisher._queue.clear()  # drained, as a connected publisher would leave it
-        publisher._queued_by_topic.clear()
-    del bars, due
+        await forecaster.publish_skill(await forecaster.forecast_round())
+        publisher.queue.drop_queued()  # drained, as a connected publisher would leave it
+    del bars
     stages["forecaster"] = rss_mb()
 
     # one open minute per symbol in the exchange's aggregator: the replay's four trades

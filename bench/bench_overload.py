@@ -36,7 +36,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -47,6 +46,9 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs
+
+import benchkit
+from benchkit import free_port, note, wait_port
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "tests")]
@@ -62,27 +64,7 @@ SCALE = Decimal(10) ** 8  # quantities summed exactly, in 1e-8 units
 
 
 def figure(name: str, value: float, unit: str, target: float | None, better: str) -> None:
-    line = {"bench": f"{NAME}.{name}", "value": value, "unit": unit, "target": target}
-    print(json.dumps(line | {"better": better}), flush=True)
-
-
-def note(text: str) -> None:
-    print(f"# {text}", file=sys.stderr, flush=True)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_port(port: int, timeout_s: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
-            return
-        time.sleep(0.02)
-    raise TimeoutError(f"nothing on port {port}")
+    benchkit.figure(f"{NAME}.{name}", value, unit, target, better)
 
 
 def wall_ms() -> int:
@@ -269,7 +251,7 @@ def run_probe(args: argparse.Namespace) -> None:
     import redis
     from fixtures.models import build_model
 
-    from streamer.core.codec import bars_key, decode_bar
+    from streamer.core.contracts.redis_bars import bars_key, decode_bar
 
     tmp = Path(tempfile.mkdtemp(prefix="tickcast-overload-"))
     symbols = [f"S{i}USDT" for i in range(args.symbols)]

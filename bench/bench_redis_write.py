@@ -19,7 +19,6 @@ import argparse
 import asyncio
 import csv
 import gzip
-import json
 import shutil
 import socket
 import statistics
@@ -28,7 +27,9 @@ import tempfile
 import time
 from pathlib import Path
 
+import benchkit
 import redis.asyncio as aioredis
+from benchkit import free_port
 
 from streamer.core.types import MINUTE_MS, Bar
 from streamer.io.store import RedisBarStore
@@ -58,12 +59,6 @@ def load_series(name: str) -> list[Ohlcv]:
             )
             for r in csv.DictReader(f)
         ]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def start_redis(workdir: str) -> tuple[subprocess.Popen[bytes], int]:
@@ -119,10 +114,8 @@ async def measure(port: int, rounds: list[list[Bar]]) -> tuple[list[float], floa
     return seconds, script_ms
 
 
-def figure(name: str, value: float, target: float | None) -> str:
-    return json.dumps(
-        {"bench": name, "value": round(value, 3), "unit": "ms", "target": target, "better": "lower"}
-    )
+def figure(name: str, value: float, target: float | None) -> None:
+    benchkit.figure(name, round(value, 3), "ms", target)
 
 
 def main() -> None:
@@ -141,9 +134,9 @@ def main() -> None:
     ms = sorted(s * 1000 for s in seconds)
     p99 = ms[min(len(ms) - 1, round(0.99 * (len(ms) - 1)))]
     prefix = f"redis_write_round_{args.symbols}_symbols"
-    print(figure(f"{prefix}_p50", statistics.median(ms), None))
-    print(figure(f"{prefix}_p99", p99, TARGET_P99_MS))
-    print(figure(f"{prefix}_script_mean", script_ms, None))
+    figure(f"{prefix}_p50", statistics.median(ms), None)
+    figure(f"{prefix}_p99", p99, TARGET_P99_MS)
+    figure(f"{prefix}_script_mean", script_ms, None)
 
 
 if __name__ == "__main__":

@@ -9,10 +9,11 @@ Usage: .venv/bin/python bench/bench_train.py [--config PATH]
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
 import time
 from pathlib import Path
+
+from benchkit import figure
 
 from trainer.pipeline import load_config, run_training
 
@@ -33,18 +34,7 @@ def main() -> None:
         ("train_default_model", seconds, "s", 1200.0, "lower"),
         ("default_model_pinball_ratio_ewma", mean["pinball_ratio_ewma"], "ratio", 0.97, "lower"),
     ):
-        print(
-            json.dumps(
-                {
-                    "bench": name,
-                    "value": round(value, 4),
-                    "unit": unit,
-                    "target": target,
-                    "better": better,
-                }
-            ),
-            flush=True,
-        )
+        figure(name, round(value, 4), unit, target, better)
 
 
 if __name__ == "__main__":

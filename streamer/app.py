@@ -1,5 +1,10 @@
 """Composition root: settings in, named tasks in one TaskGroup, ordered shutdown.
 
+``Streamer.run()`` is ``startup()`` (ops server, the model already in the registry, windows
+restored from the store and brought up to date over REST, the feeds built), ``main_loop()``
+(every task running in one TaskGroup until a stop is requested) and ``shutdown()`` (feeds,
+partial bars, MQTT, Redis, in that order, each with a timeout).
+
 Data path: feeds -> aggregators -> closed bars -> in-memory windows + buffered Redis writer.
 Gaps (disconnects, start-up) are repaired from the exchange's REST API once their minutes close.
 """
@@ -11,16 +16,23 @@ import gc
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import aiohttp
 
 from streamer import __version__
 from streamer.core.bars import BarAggregator
+from streamer.core.clock import Clock, ClockMode, wall_clock_ms
 from streamer.core.exchanges import get_exchange
-from streamer.core.types import MINUTE_MS, Bar, floor_minute
+from streamer.core.gaps import Gap
+from streamer.core.paging import quiet_lead_in
+from streamer.core.repair import RepairItem, RepairQueue
+from streamer.core.retry import Permanent, Transient
+from streamer.core.startup import backfill_range, feed_outage_start, resume_point, seed_bar
+from streamer.core.types import Bar
 from streamer.core.windows import Windows
 from streamer.io.backfill import BackfillError, RestBackfill
-from streamer.io.feed import Feed, FeedOptions, Gap
+from streamer.io.feed import Feed, FeedOptions
 from streamer.io.forecaster import ForecastSink
 from streamer.io.metrics import Metrics, OpsServer
 from streamer.io.publisher import MqttOptions, MqttPublisher
@@ -28,20 +40,21 @@ from streamer.io.serving import Serving
 from streamer.io.sinks import DiscardSink, FanOutSink, MqttSink
 from streamer.io.store import BarStore, BufferedBarWriter, MemoryBarStore, RedisBarStore
 from streamer.io.systemd import SystemdNotifier
+from streamer.io.waits import wait_event
 from streamer.settings import Settings
 
 log = logging.getLogger(__name__)
 
-Clock = Callable[[], int]
 SHUTDOWN_TIMEOUT_S = 10.0
-GAP_QUEUE_MAX = 1000
-REPAIR_RETRY_S = 5.0
 # the trade channel of each exchange (Binance's are configurable)
-TRADE_CHANNELS = {"binance": ("trade",), "coinbase": ("matches",), "kraken": ("trade",)}
-
-
-def wall_clock_ms() -> int:
-    return time.time_ns() // 1_000_000
+TRADE_CHANNELS = {
+    "binance": ("trade",),
+    "coinbase": ("matches",),
+    "kraken": ("trade",),
+    "okx": ("trades",),
+    "bybit": ("publicTrade",),
+    "bitstamp": ("live_trades",),
+}
 
 
 def mqtt_options(settings: Settings) -> MqttOptions:
@@ -68,11 +81,14 @@ class Streamer:
         self,
         settings: Settings,
         *,
-        clock: Clock | None = None,
+        clock: Callable[[], int] | None = None,
         store: BarStore | None = None,
         sink: ForecastSink | None = None,
     ) -> None:
+        """``clock``: a clock reading in epoch ms to use instead of the wall clock (tests run
+        the streamer on the replay exchange's clock)."""
         self.settings = settings
+        self.clock = clock_of(settings.clock, clock)
         self.metrics = Metrics()
         self.metrics.info.labels(__version__).set(1)
         self.windows = Windows(settings.window_memory_bars)
@@ -92,14 +108,14 @@ class Streamer:
         self.metrics.writer = self.writer
         self.aggregators: dict[str, BarAggregator] = {}
         self.feeds: dict[str, Feed] = {}
-        self._clock_source = clock
-        self._gaps: asyncio.Queue[Gap] = asyncio.Queue(GAP_QUEUE_MAX)
-        self.gaps_repaired = 0
+        self.repairs = RepairQueue()
+        self._repair_wake = asyncio.Event()
+        self._set_aside_logged: set[tuple[str, str]] = set()
         self._stop = asyncio.Event()
         self._session: aiohttp.ClientSession | None = None
         self.backfills: dict[str, RestBackfill] = {}
-        # watermark clock: per exchange, where the stored bars end (the restart's outage start)
-        self._resume_ms: dict[str, int | None] = {}
+        # watermark clock: per exchange, where each stored window stops (the restart's outage)
+        self._resume_points: dict[str, list[int | None]] = {}
         self.ops = OpsServer(
             self.metrics,
             settings.metrics_host,
@@ -140,15 +156,11 @@ class Streamer:
         self.ops.add_check("model", lambda: self.serving.ready)
         self.systemd = SystemdNotifier()
 
-    # ---- clock ------------------------------------------------------------------------------
-
-    def clock(self) -> int:
-        """Exchange-time "now" that closes quiet minutes; 0 means unknown (watermark mode)."""
-        if self._clock_source is not None:
-            return self._clock_source()
-        if self.settings.clock == "wall":
-            return wall_clock_ms()
-        return 0
+    @property
+    def gaps_repaired(self) -> int:
+        """Gaps whose every symbol was refilled over REST or, failing for good, set aside."""
+        stats = self.repairs.stats
+        return stats.gaps_repaired + stats.gaps_partly_repaired
 
     def _feeds_connected(self) -> bool:
         return bool(self.feeds) and all(f.connected for f in self.feeds.values())
@@ -159,150 +171,140 @@ class Streamer:
         self._stop.set()
 
     async def run(self) -> None:
+        """``startup()``, then ``main_loop()`` until a stop is requested, then ``shutdown()``."""
         timeout = aiohttp.ClientTimeout(total=30)
         async with aiohttp.ClientSession(timeout=timeout) as session:
             self._session = session
-            await self.ops.start()
             try:
-                if self.serving.watcher is not None:
-                    # a model already in the registry serves from the first minute close on
-                    await self.serving.watcher.check_once()
-                await self._restore()
-                self._build_feeds()
-                await self._serve()
+                await self.startup()
+                async with asyncio.TaskGroup() as tg:
+                    tasks = self._start_tasks(tg)
+                    await self.main_loop()
+                    await self.shutdown(tasks)
+                log.info("streamer stopped")
             finally:
                 await self.ops.stop()
                 await self.store.close()
 
-    async def _serve(self) -> None:
-        async with asyncio.TaskGroup() as tg:
-            writer_task = tg.create_task(self.writer.run(), name="redis-writer")
-            feed_tasks = [
+    async def startup(self) -> None:
+        """Serve /metrics, load the model already in the registry (it serves from the first
+        minute close on), restore the windows and bring them up to date, build the feeds."""
+        await self.ops.start()
+        if self.serving.watcher is not None:
+            await self.serving.watcher.check_once()
+        await self._restore()
+        self._build_feeds()
+
+    def _start_tasks(self, tg: asyncio.TaskGroup) -> _Tasks:
+        tasks = _Tasks(
+            writer=tg.create_task(self.writer.run(), name="redis-writer"),
+            feeds=[
                 tg.create_task(feed.run(), name=f"feed-{name}") for name, feed in self.feeds.items()
-            ]
-            background = [
+            ],
+            background=[
                 tg.create_task(self._tick(), name="bar-clock"),
                 tg.create_task(self._repair_gaps(), name="gap-repair"),
                 tg.create_task(self.serving.forecaster.run(), name="forecaster"),
                 tg.create_task(self.systemd.watchdog(), name="systemd-watchdog"),
-            ]
-            if self.serving.watcher is not None:
-                background.append(tg.create_task(self.serving.watcher.run(), name="model-watch"))
-            publisher_task = None
-            if self.publisher is not None:
-                publisher_task = tg.create_task(self.publisher.run(), name="mqtt-publisher")
-            # What start-up built (modules, restored windows) lives as long as the process:
-            # out of the collector's generations, it is not rescanned at every full collection
-            # (a full pass over it took up to 100 ms of a minute close with 1,000 symbols).
-            gc.freeze()
-            self.started.set()
-            self.systemd.notify("READY=1")
-            log.info("streamer started", extra={"feeds": list(self.feeds)})
-            await self._stop.wait()
-            log.info("streamer stopping")
-            self.systemd.notify("STOPPING=1")
-            # 1. stop the feeds, 2. close and store the partial bars, 3. drain the publish
-            # queue and disconnect MQTT (status: offline), 4. drain the Redis writer
-            for feed in self.feeds.values():
-                feed.stop()
-            await asyncio.wait(feed_tasks, timeout=SHUTDOWN_TIMEOUT_S)
-            for task in background:
-                task.cancel()
-            partial: list[Bar] = []
-            for agg in self.aggregators.values():
-                partial.extend(agg.flush())
-            if partial:
-                self.windows.apply(partial)
-                self.writer.submit(partial)
-            if self.publisher is not None:
-                await self.publisher.close(SHUTDOWN_TIMEOUT_S)
-                if publisher_task is not None:
-                    publisher_task.cancel()
-            await self.writer.flush(SHUTDOWN_TIMEOUT_S)
-            writer_task.cancel()
-            for task in feed_tasks:
-                task.cancel()
-            await self.serving.close()
-        log.info("streamer stopped")
+            ],
+        )
+        if self.serving.watcher is not None:
+            tasks.background.append(tg.create_task(self.serving.watcher.run(), name="model-watch"))
+        if self.publisher is not None:
+            tasks.publisher = tg.create_task(self.publisher.run(), name="mqtt-publisher")
+        return tasks
+
+    async def main_loop(self) -> None:
+        """Announce readiness, then run until a stop is requested."""
+        # What start-up built (modules, restored windows) lives as long as the process:
+        # out of the collector's generations, it is not rescanned at every full collection
+        # (a full pass over it took up to 100 ms of a minute close with 1,000 symbols).
+        gc.freeze()
+        self.started.set()
+        self.systemd.notify("READY=1")
+        log.info("streamer started", extra={"feeds": list(self.feeds)})
+        await self._stop.wait()
+
+    async def shutdown(self, tasks: _Tasks) -> None:
+        """1. stop the feeds, 2. close and store the partial bars, 3. drain the publish queue
+        and disconnect MQTT (status: offline), 4. drain the Redis writer."""
+        log.info("streamer stopping")
+        self.systemd.notify("STOPPING=1")
+        for feed in self.feeds.values():
+            feed.stop()
+        await asyncio.wait(tasks.feeds, timeout=SHUTDOWN_TIMEOUT_S)
+        for task in tasks.background:
+            task.cancel()
+        partial: list[Bar] = []
+        for agg in self.aggregators.values():
+            partial.extend(agg.flush())
+        if partial:
+            self.windows.apply(partial)
+            self.writer.submit(partial)
+        if self.publisher is not None:
+            await self.publisher.close(SHUTDOWN_TIMEOUT_S)
+            if tasks.publisher is not None:
+                tasks.publisher.cancel()
+        await self.writer.flush(SHUTDOWN_TIMEOUT_S)
+        tasks.writer.cancel()
+        for task in tasks.feeds:
+            task.cancel()
+        await self.serving.close()
 
     # ---- start-up ---------------------------------------------------------------------------
 
     async def _restore(self) -> None:
-        """Windows from the store, then the gap to now from REST, then seed the aggregators."""
-        now = self.clock()
+        """Windows from the store, then the gap to now from REST, then seed the aggregators
+        (the plan: ``streamer.core.startup``)."""
+        now = self.clock.now()
         for exchange_name, symbols in self.settings.feeds().items():
             exchange = get_exchange(exchange_name)
             assert self._session is not None
             backfill = RestBackfill(
-                exchange, self.settings.rest_url(exchange_name), self._session, self.metrics
+                exchange,
+                self.settings.rest_url(exchange_name),
+                self._session,
+                self.metrics,
+                clock=self.clock.read if self.clock.has_reading else wall_clock_ms,
             )
             self.backfills[exchange_name] = backfill
             agg = BarAggregator(
                 exchange_name,
                 grace_ms=self.settings.grace_ms,
                 future_tolerance_ms=self.settings.future_tolerance_ms,
-                clock=self.clock if self.clock() > 0 else None,
+                clock=self.clock.read if self.clock.has_reading else None,
             )
             self.aggregators[exchange_name] = agg
-            resume: int | None = None
+            resume_points = self._resume_points.setdefault(exchange_name, [])
             for symbol in symbols:
-                try:
-                    stored = await self.store.load(
-                        exchange_name, symbol, self.settings.window_memory_bars
-                    )
-                except Exception as exc:  # a down Redis must not stop start-up
-                    log.warning(
-                        "cannot restore window", extra={"symbol": symbol, "error": repr(exc)[:200]}
-                    )
-                    stored = []
+                stored = await self._load_window(exchange_name, symbol)
                 self.windows.apply(stored)
-                if now > 0:
-                    await self._startup_backfill(backfill, symbol, stored, now)
-                elif stored:
-                    # watermark clock: no "now" to backfill up to. The outage runs from the
-                    # first unfinished stored minute until the first trade; the feed dates its
-                    # end by that trade and reports it once its minutes have closed.
-                    incomplete = [b.open_time_ms for b in stored if not b.complete]
-                    point = min(incomplete) if incomplete else stored[-1].close_time_ms
-                    resume = point if resume is None else min(resume, point)
-                seed = self._seed_bar((exchange_name, symbol), now)
+                if now is None:
+                    resume_points.append(resume_point(stored))
+                else:
+                    span = backfill_range(stored, now, self.settings.backfill_max_minutes)
+                    if span is not None:
+                        await self._startup_backfill(backfill, symbol, *span)
+                seed = seed_bar(self.windows.tail((exchange_name, symbol), 2), now)
                 if seed is not None:
                     agg.seed(seed)
-            self._resume_ms[exchange_name] = resume
 
-    def _seed_bar(self, key: tuple[str, str], now: int) -> Bar | None:
-        """The newest stored bar of a closed minute: the aggregator continues after it.
-
-        A partial bar stored at shutdown for the minute still running now is skipped: this run
-        aggregates that minute again (as an outage, so backfill repairs it once it closes).
-        """
-        current = floor_minute(now) if now > 0 else None
-        for bar in reversed(self.windows.tail(key, 2)):
-            if current is None and not bar.complete:
-                continue  # watermark clock: the stop's partial bar is aggregated again
-            if current is None or bar.open_time_ms < current:
-                return bar
-        return None
+    async def _load_window(self, exchange: str, symbol: str) -> list[Bar]:
+        try:
+            return await self.store.load(exchange, symbol, self.settings.window_memory_bars)
+        except Exception as exc:  # a down Redis must not stop start-up
+            log.warning("cannot restore window", extra={"symbol": symbol, "error": repr(exc)[:200]})
+            return []
 
     async def _startup_backfill(
-        self, backfill: RestBackfill, symbol: str, stored: list[Bar], now: int
+        self, backfill: RestBackfill, symbol: str, start_ms: int, end_ms: int
     ) -> None:
-        end = floor_minute(now)  # every closed minute; the current one is the feed's
-        earliest = end - self.settings.backfill_max_minutes * MINUTE_MS
-        incomplete = [b.open_time_ms for b in stored if not b.complete]
-        if incomplete:
-            start = min(incomplete)
-        elif stored:
-            start = stored[-1].close_time_ms
-        else:
-            start = earliest
-        start = max(start, earliest)
-        if start >= end:
-            return
         try:
-            bars = await backfill.fetch(symbol, start, end)
+            bars = await backfill.fetch(symbol, start_ms, end_ms)
         except BackfillError as exc:
             log.warning("start-up backfill failed", extra={"symbol": symbol, "error": str(exc)})
+            if not exc.permanent:  # the repair queue tries again later
+                self._on_gap(Gap(backfill.exchange.name, (symbol,), start_ms, end_ms - 1))
             return
         self._apply_repair(bars)
 
@@ -315,7 +317,7 @@ class Streamer:
             max_frame_bytes=s.max_frame_bytes,
             rotate_margin_s=s.rotate_margin_s,
         )
-        now = self.clock()
+        now = self.clock.now()
         for exchange_name, symbols in s.feeds().items():
             channels: list[str] = [*s.binance_channels] if exchange_name == "binance" else []
             channels = channels or [*TRADE_CHANNELS[exchange_name]]
@@ -332,7 +334,7 @@ class Streamer:
                 on_kline=self._on_kline_bar(exchange_name, channels),
                 options=options,
                 # the current minute began before we connected: it is a gap until backfilled
-                gap_start_ms=floor_minute(now) if now > 0 else self._resume_ms.get(exchange_name),
+                gap_start_ms=feed_outage_start(now, self._resume_points.get(exchange_name, [])),
             )
 
     # ---- bars -------------------------------------------------------------------------------
@@ -380,44 +382,94 @@ class Streamer:
     # ---- gaps -------------------------------------------------------------------------------
 
     def _on_gap(self, gap: Gap) -> None:
-        try:
-            self._gaps.put_nowait(gap)
-        except asyncio.QueueFull:
-            self.metrics.gaps_dropped.labels(gap.exchange).inc()
-            log.error("gap queue full, gap not repaired", extra={"gap": repr(gap)})
+        if self.repairs.add(gap):
+            self._repair_wake.set()
+            return
+        self.metrics.gaps_dropped.labels(gap.exchange).inc()
+        log.error("gap queue full, gap not repaired", extra={"gap": repr(gap)})
 
     async def _repair_gaps(self) -> None:
-        """Backfill each gap once its last minute has closed; retry while REST fails."""
+        """Backfill each gap's symbols once its minutes have closed (``streamer.core.repair``:
+        a failing symbol waits for its retry, or is set aside for good, and blocks nothing)."""
+        repairs = self.repairs
+        grace = self.settings.grace_ms
         while True:
-            gap = await self._gaps.get()
-            end = floor_minute(gap.end_ms) + MINUTE_MS  # the gap's last minute, exclusive
-            # the injected clock has no event to wait on: poll it at the tick interval
-            while self.clock() and self.clock() < end + self.settings.grace_ms:  # noqa: ASYNC110
-                await asyncio.sleep(self.settings.tick_interval_s)
-            backfill = self.backfills[gap.exchange]
-            for symbol in gap.symbols:
-                while True:
-                    try:
-                        bars = await backfill.fetch(symbol, floor_minute(gap.start_ms), end)
-                        self._apply_repair(bars)
-                        break
-                    except (BackfillError, OSError, ConnectionError) as exc:
-                        log.warning(
-                            "gap repair failed, retrying",
-                            extra={"symbol": symbol, "error": str(exc)[:200]},
-                        )
-                        await asyncio.sleep(REPAIR_RETRY_S)
-            self.gaps_repaired += 1
+            item = repairs.next_due(self.clock.now(), time.monotonic(), grace)
+            if item is None:
+                self._repair_wake.clear()
+                wait = repairs.wake_in(self.clock.now(), time.monotonic(), grace)
+                if len(repairs) and self.clock.has_reading:
+                    # the clock has no event to wait on: read it again at the tick interval
+                    wait = min(wait or self.settings.tick_interval_s, self.settings.tick_interval_s)
+                await wait_event(self._repair_wake, wait)
+                continue
+            await self._repair(item)
+
+    async def _repair(self, item: RepairItem) -> None:
+        backfill = self.backfills[item.exchange]
+        try:
+            bars = await backfill.fetch(item.symbol, item.start_ms, item.end_ms)
+        except (BackfillError, OSError) as exc:
+            failure: BaseException = exc
+            if isinstance(exc, BackfillError):
+                failure = (
+                    Permanent(str(exc))
+                    if exc.permanent
+                    else Transient(str(exc), retry_after_s=exc.retry_after_s)
+                )
+            decision = self.repairs.failed(item, failure, time.monotonic())
+            detail = {"symbol": item.symbol, "error": str(exc)[:200]}
+            if decision.retry:
+                log.warning(
+                    "gap repair failed, retrying",
+                    extra=detail | {"retry_in_s": round(decision.delay_s, 1)},
+                )
+                return
+            self.metrics.repairs_given_up.labels(item.exchange).inc()
+            if (item.exchange, item.symbol) not in self._set_aside_logged:  # once per symbol
+                self._set_aside_logged.add((item.exchange, item.symbol))
+                log.error(
+                    "gap repair given up; its minutes stay incomplete (logged once per symbol)",
+                    extra=detail | {"reason": decision.reason},
+                )
+            return
+        before = self.windows.before((item.exchange, item.symbol), item.start_ms)
+        bars = quiet_lead_in(backfill.exchange, bars, item.start_ms, item.end_ms, before)
+        self._apply_repair(bars)
+        gap = self.repairs.succeeded(item)
+        if gap is not None:
             log.info(
                 "gap repaired",
                 extra={"exchange": gap.exchange, "start_ms": gap.start_ms, "end_ms": gap.end_ms},
             )
 
     def _apply_repair(self, bars: list[Bar]) -> None:
-        """Backfilled bars replace the window's (incomplete) ones; Redis gets them in order."""
+        """Backfilled bars replace the window's (incomplete) ones, and the flat bars after them
+        carry the repaired close on; Redis gets them in order."""
         if not bars:
             return
-        self.windows.apply(bars)
+        bars = [*bars, *self.windows.apply_repair(bars)]
         self.writer.submit_repair(bars)
         for listener in self.bar_listeners:
             listener(bars)
+        for bar in bars:  # the flat bars still to close carry the repaired close on
+            aggregator = self.aggregators.get(bar.exchange)
+            if aggregator is not None:
+                aggregator.repaired(bar)
+
+
+@dataclass(slots=True)
+class _Tasks:
+    """The tasks of ``main_loop``, by the order in which ``shutdown`` stops them."""
+
+    writer: asyncio.Task[None]
+    feeds: list[asyncio.Task[None]]
+    background: list[asyncio.Task[None]]
+    publisher: asyncio.Task[None] | None = None
+
+
+def clock_of(mode: str, reading: Callable[[], int] | None) -> Clock:
+    """The daemon's clock: an injected reading, else the wall clock or none (watermark)."""
+    if reading is not None:
+        return Clock(ClockMode.WALL, reading)
+    return Clock.wall() if ClockMode(mode) is ClockMode.WALL else Clock.watermark()

@@ -73,7 +73,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
 def cmd_replay_server(args: argparse.Namespace) -> int:
     from streamer.logs import configure_logging
-    from streamer.replay.server import serve_from_args
+    from streamer.replay.cli import serve_from_args
 
     configure_logging("INFO", False)
 
@@ -101,47 +101,43 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+DEMO_HELP = "live forecasts from the bundled real-data replay, no outside service needed"
+DEMO_DESCRIPTION = (
+    "Start the replay exchange on loopback with bundled real data, warm the windows over REST, "
+    "serve the bundled model and show forecasts live. TICKCAST_REDIS_URL and TICKCAST_MQTT_URL, "
+    "when set, make it use those servers."
+)
+REPLAY_HELP = "serve recorded real market data over an exchange's WebSocket and REST protocol"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tickcast-streamer",
         description=(
             "Stream exchange trades into 1-minute bars (kept in Redis) and publish quantile "
             "forecasts. Settings come from TICKCAST_* environment variables and an optional "
-            "TOML file; see README.md."
+            "TOML file; see docs/configuration.md."
         ),
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
-    run = sub.add_parser("run", help="run the streamer daemon (the service's main command)")
-    run.add_argument("--config", help="TOML settings file (also TICKCAST_CONFIG)")
-    run.set_defaults(func=cmd_run)
-
-    check = sub.add_parser("check-config", help="validate settings and print them, then exit")
-    check.add_argument("--config", help="TOML settings file (also TICKCAST_CONFIG)")
-    check.set_defaults(func=cmd_check_config)
-
-    demo = sub.add_parser(
-        "demo",
-        help="live forecasts from the bundled real-data replay, no outside service needed",
-        description=(
-            "Start the replay exchange on loopback with bundled real data, warm the windows "
-            "over REST, serve the bundled model and show forecasts live. TICKCAST_REDIS_URL "
-            "and TICKCAST_MQTT_URL, when set, make it use those servers."
-        ),
-    )
     from streamer.demo import add_arguments as add_demo_arguments
+    from streamer.replay.cli import add_arguments as add_replay_arguments
 
-    add_demo_arguments(demo)
-    demo.set_defaults(func=cmd_demo)
-
-    replay = sub.add_parser(
-        "replay-server",
-        help="serve recorded real market data over a Binance-compatible WebSocket and REST API",
-    )
-    from streamer.replay.server import add_arguments
-
-    add_arguments(replay)
-    replay.set_defaults(func=cmd_replay_server)
+    commands: list[tuple[str, Callable[[argparse.Namespace], int], str, str | None]] = [
+        ("run", cmd_run, "run the streamer daemon (the service's main command)", None),
+        ("check-config", cmd_check_config, "validate settings and print them, then exit", None),
+        ("demo", cmd_demo, DEMO_HELP, DEMO_DESCRIPTION),
+        ("replay-server", cmd_replay_server, REPLAY_HELP, None),
+    ]
+    for name, func, help_text, description in commands:
+        command = sub.add_parser(name, help=help_text, description=description)
+        command.set_defaults(func=func)
+        if name in ("run", "check-config"):
+            command.add_argument("--config", help="TOML settings file (also TICKCAST_CONFIG)")
+        elif name == "demo":
+            add_demo_arguments(command)
+        else:
+            add_replay_arguments(command)
     return parser
 
 

@@ -35,6 +35,8 @@ from pydantic_settings import (
 
 from streamer.core.exchanges import get_exchange, names
 from streamer.core.redact import redact_url
+from streamer.core.redis_url import SCHEMES as REDIS_SCHEMES
+from streamer.core.redis_url import parse_redis_url
 
 ENV_PREFIX = "TICKCAST_"
 CONFIG_ENV = "TICKCAST_CONFIG"
@@ -87,7 +89,10 @@ class Settings(BaseSettings):
     backfill_max_minutes: int = Field(1440, ge=1)
 
     # --- storage ---
-    redis_url: str | None = Field(None, description="redis:// or rediss://; unset = in memory")
+    redis_url: str | None = Field(
+        None,
+        description="redis://, rediss://, redis+cluster:// or redis+sentinel://; unset = in memory",
+    )
     window_cap: int = Field(1440, ge=1, description="bars kept per symbol in Redis")
     window_memory_bars: int = Field(
         240, ge=1, description="bars kept per symbol in memory; at least the model's window"
@@ -104,6 +109,11 @@ class Settings(BaseSettings):
     model_max_age_s: float | None = Field(7 * 86400.0, gt=0, description="older = stale")
     eval_horizons: Annotated[list[int], NoDecode] = Field(default_factory=lambda: [1, 5, 15])
     eval_window_s: int = Field(86400, ge=60)
+    calibration: Literal["on", "off"] = Field(
+        "on",
+        description="publish the online-calibrated band; off publishes the model's raw band "
+        "(the calibrated one is still computed, for the coverage figures)",
+    )
 
     # --- MQTT ---
     mqtt_url: str | None = Field(None, description="mqtt:// or mqtts://; unset = no MQTT")
@@ -194,8 +204,12 @@ class Settings(BaseSettings):
     @field_validator("redis_url")
     @classmethod
     def _check_redis_url(cls, value: str | None) -> str | None:
-        if value is not None and urlsplit(value).scheme not in ("redis", "rediss", "unix"):
-            raise ValueError("need a redis://, rediss:// or unix:// URL")
+        if value is not None:
+            if urlsplit(value).scheme not in REDIS_SCHEMES:
+                raise ValueError(
+                    "need a redis://, rediss://, unix://, redis+cluster:// or redis+sentinel:// URL"
+                )
+            parse_redis_url(value)  # its ValueError shows the URL redacted
         return value
 
     @field_validator("mqtt_url")
@@ -211,8 +225,10 @@ class Settings(BaseSettings):
     @classmethod
     def _check_registry(cls, value: str | None) -> str | None:
         scheme = urlsplit(value).scheme if value is not None and "://" in value else None
-        if scheme is not None and scheme not in ("redis", "rediss", "unix"):
+        if scheme is not None and scheme not in REDIS_SCHEMES:
             raise ValueError("need a directory, an .onnx file or a redis:// URL")
+        if scheme is not None and value is not None:
+            parse_redis_url(value)
         return value
 
     @field_validator("metrics_host")

@@ -1,9 +1,9 @@
 """REST backfill into the history store: paginated, spaced, and polite when throttled.
 
-The exchange module (``streamer.core.exchanges``) knows the wire format: ``bars_request`` builds
-one page's request and ``parse_bars`` reads it. This shell only fetches: one request at a time,
-at least ``min_request_interval_s`` apart, sleeping ``Retry-After`` on HTTP 429 (rate limit) and
-418 (IP ban), backing off on 5xx and connection errors, and giving up after ``max_retries``.
+The same pager (``streamer.core.paging``) and retry policy as the
+streamer's backfill, over urllib: one request at a time, at least the exchange's
+``min_request_interval_s`` apart, waiting ``Retry-After`` on throttling answers, backing off
+on 5xx and connection errors, and giving up after the policy's attempts.
 """
 
 from __future__ import annotations
@@ -14,14 +14,18 @@ import urllib.parse
 import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
-from streamer.core.exchanges import FrameError, get_exchange
+from streamer.core.clock import wall_clock_ms
+from streamer.core.exchanges import RestRequest, get_exchange
+from streamer.core.paging import MAX_RETRY_AFTER_S, Pager, choose_pager, page_retry_policy
+from streamer.core.rest_limits import DEFAULT_BAN_S
+from streamer.core.retry import Banned, Permanent, Throttled, Transient
 from streamer.core.types import MINUTE_MS
 from trainer.data import AppendResult, BarTable, HistoryStore
 
-MAX_RETRY_AFTER_S = 300.0
 Sleep = Callable[[float], None]
 
 
@@ -33,24 +37,73 @@ class BackfillError(RuntimeError):
 class BackfillResult:
     pages: int
     bars: int
-    throttled: int  # 429/418 answers honoured
+    throttled: int  # throttling answers (429/418/403) honoured
     retries: int  # 5xx / connection errors retried
     append: AppendResult | None
 
 
-def _fetch(url: str, timeout_s: float) -> bytes:
+def _get(url: str, timeout_s: float) -> tuple[int, bytes, str | None]:
+    """(status, body, Retry-After) of one GET; raises Transient when nothing came back."""
     request = urllib.request.Request(url, headers={"User-Agent": "tickcast-trainer"})
-    with urllib.request.urlopen(request, timeout=timeout_s) as response:
-        body: bytes = response.read()
-        return body
-
-
-def _retry_after(error: urllib.error.HTTPError, default_s: float) -> float:
-    raw = error.headers.get("Retry-After") if error.headers else None
     try:
-        return min(max(float(raw), 0.0), MAX_RETRY_AFTER_S) if raw is not None else default_s
-    except ValueError:
-        return default_s
+        with urllib.request.urlopen(request, timeout=timeout_s) as response:
+            return int(response.status), response.read(), None
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read(), exc.headers.get("Retry-After") if exc.headers else None
+    except (urllib.error.URLError, TimeoutError, ConnectionError) as exc:
+        raise Transient(f"{url}: {exc}") from None
+
+
+class _Client:
+    """Sends one exchange's page requests, spaced, retried by the shared policy."""
+
+    def __init__(
+        self,
+        rest_url: str,
+        max_retries: int,
+        timeout_s: float,
+        sleep: Sleep,
+        log: Callable[[str], None],
+    ) -> None:
+        self.base = rest_url.rstrip("/")
+        self.policy = page_retry_policy(max_retries + 1)
+        self.timeout_s = timeout_s
+        self.sleep = sleep
+        self.log = log
+        self.last_request = -1e9
+        self.throttled = self.retries = 0
+
+    def page(self, pager: Pager[Any], request: RestRequest, interval_s: float) -> None:
+        url = f"{self.base}{request.path}?{urllib.parse.urlencode(request.params)}"
+        backoff = self.policy.backoff()
+        while True:
+            wait = interval_s - (time.monotonic() - self.last_request)
+            if wait > 0:
+                self.sleep(wait)
+            self.last_request = time.monotonic()
+            try:
+                status, body, retry_after = _get(url, self.timeout_s)
+                pager.accept(pager.read(status, body, retry_after, url))
+                return
+            except (Transient, Permanent) as failure:
+                ban_s = failure.retry_after_s if isinstance(failure, Banned) else None
+                if ban_s is None and isinstance(failure, Banned):
+                    ban_s = DEFAULT_BAN_S
+                if ban_s is not None and ban_s > MAX_RETRY_AFTER_S:
+                    # calling during an IP ban lengthens it: a long one ends this run
+                    raise BackfillError(
+                        f"{failure}: the exchange banned this IP for {ban_s:.0f} s;"
+                        " run the backfill again after that"
+                    ) from None
+                decision = self.policy.decide(failure, backoff)
+                if not decision.retry:
+                    raise BackfillError(str(failure)) from None
+                if isinstance(failure, Throttled):
+                    self.throttled += 1
+                    self.log(f"{url} throttled; waiting {decision.delay_s:.0f}s: {failure}")
+                else:
+                    self.retries += 1
+                self.sleep(decision.delay_s)
 
 
 def fetch_bars(
@@ -63,73 +116,27 @@ def fetch_bars(
     timeout_s: float = 10.0,
     sleep: Sleep = time.sleep,
     log: Callable[[str], None] = print,
+    now_ms: int | None = None,
 ) -> tuple[BarTable, BackfillResult]:
-    """All 1-minute bars opening in ``[start_ms, end_ms)``, page by page."""
+    """All 1-minute bars opening in ``[start_ms, end_ms)``, page by page; from the venue's
+    trades where the range starts before its REST bars reach from ``now_ms`` (default: the
+    wall clock)."""
     venue = get_exchange(exchange)
-    base = rest_url.rstrip("/")
-    times: list[int] = []
-    rows: list[tuple[float, float, float, float, float]] = []
-    pages = throttled = retries = 0
-    cursor = start_ms - start_ms % MINUTE_MS
-    last_request = -1e9
-    while cursor < end_ms:
-        request = venue.bars_request(symbol, cursor, end_ms)
-        url = f"{base}{request.path}?{urllib.parse.urlencode(request.params)}"
-        attempt = 0
-        while True:
-            wait = venue.min_request_interval_s - (time.monotonic() - last_request)
-            if wait > 0:
-                sleep(wait)
-            last_request = time.monotonic()
-            try:
-                raw = _fetch(url, timeout_s)
-                break
-            except urllib.error.HTTPError as exc:
-                if exc.code in (418, 429):
-                    throttled += 1
-                    pause = _retry_after(exc, 60.0)
-                    log(f"{exchange} answered {exc.code}; waiting {pause:.0f}s (Retry-After)")
-                    if throttled > max_retries * 4:
-                        raise BackfillError(
-                            f"{url}: still throttled after {throttled} waits"
-                        ) from None
-                    sleep(pause)
-                    continue
-                if exc.code >= 500 and attempt < max_retries:
-                    attempt += 1
-                    retries += 1
-                    sleep(min(30.0, 0.5 * 2**attempt))
-                    continue
-                body = exc.read()[:200].decode(errors="replace")
-                raise BackfillError(f"{url}: HTTP {exc.code}: {body}") from None
-            except (urllib.error.URLError, TimeoutError, ConnectionError) as exc:
-                if attempt >= max_retries:
-                    raise BackfillError(f"{url}: {exc}") from None
-                attempt += 1
-                retries += 1
-                sleep(min(30.0, 0.5 * 2**attempt))
-        pages += 1
-        try:
-            bars = venue.parse_bars(symbol, raw)
-        except FrameError as exc:
-            raise BackfillError(f"{url}: unusable response: {exc}") from None
-        fresh = [b for b in bars if cursor <= b.open_time_ms < end_ms]
-        if not fresh:
-            break
-        for bar in fresh:
-            times.append(bar.open_time_ms)
-            rows.append((bar.open, bar.high, bar.low, bar.close, bar.volume))
-        cursor = fresh[-1].open_time_ms + MINUTE_MS
-    order = np.argsort(np.array(times, dtype=np.int64), kind="stable")
-    t = np.array(times, dtype=np.int64)[order]
-    keep = np.ones(t.shape[0], dtype=bool)
-    keep[1:] = np.diff(t) != 0
+    now = wall_clock_ms() if now_ms is None else now_ms
+    pager = choose_pager(venue, symbol, start_ms, end_ms, now)
+    client = _Client(rest_url, max_retries, timeout_s, sleep, log)
+    while (request := pager.next_request()) is not None:
+        client.page(pager, request, venue.min_request_interval_s)
+    bars = pager.bars()
     table = BarTable(
-        t[keep],
-        np.array(rows, dtype=np.float64).reshape(-1, 5)[order][keep],
-        np.arange(1, t.shape[0] + 1, dtype=np.int64)[keep],
+        np.array([b.open_time_ms for b in bars], dtype=np.int64),
+        np.array([(b.open, b.high, b.low, b.close, b.volume) for b in bars], np.float64).reshape(
+            -1, 5
+        ),
+        np.arange(1, len(bars) + 1, dtype=np.int64),
     )
-    return table, BackfillResult(pages, len(table), throttled, retries, None)
+    result = BackfillResult(pager.pages, len(table), client.throttled, client.retries, None)
+    return table, result
 
 
 def backfill(

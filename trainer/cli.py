@@ -216,15 +216,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from trainer.dataset import Series, Split, iso_ms
     from trainer.evaluate import OnnxForecaster, evaluate, markdown_table, plot_all, write_report
 
-    models: dict[str, Any] = {}
-    for i, path in enumerate(args.model or []):
-        models["model" if i == 0 else f"model{i + 1}"] = OnnxForecaster.from_path(Path(path))
-    if args.version:
-        registry = _open_registry(args.registry)
-        for version in args.version:
-            data, _ = registry.fetch(version)
-            models["model" if not models else version] = OnnxForecaster(data)
-    if not models:
+    if not args.model and not args.version:
         raise SystemExit("evaluate: give --model PATH and/or --version V (with --registry)")
     series: list[Series] = []
     if args.csv:
@@ -242,6 +234,17 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             if len(table) == 0:
                 raise SystemExit(f"no bars for {exchange}:{symbol} in {args.store}")
             series.append(Series.from_table(exchange, symbol, MINUTE_MS, table))
+    # each model is checked against the interval of the bars it is scored on
+    interval_s = series[0].interval_ms // 1000
+    models: dict[str, Any] = {}
+    for i, path in enumerate(args.model or []):
+        name = "model" if i == 0 else f"model{i + 1}"
+        models[name] = OnnxForecaster.from_path(Path(path), interval_s=interval_s)
+    if args.version:
+        registry = _open_registry(args.registry)
+        for version in args.version:
+            data, _ = registry.fetch(version)
+            models["model" if not models else version] = OnnxForecaster(data, interval_s=interval_s)
     first = min(int(s.open_time_ms[0]) for s in series)
     last = max(int(s.open_time_ms[-1]) for s in series) + MINUTE_MS
     end = _ms(args.end) if args.end else last
@@ -406,12 +409,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "evaluate",
-        help="score any contract-1 ONNX model against the baselines on any bars",
+        help="score any contract-1 or -2 ONNX model against the baselines on any bars",
         description=(
-            "Score one or more ONNX models (contract 1) with onnxruntime against persistence, "
-            "drift, the EWMA band and static quantiles on the same origins. Bars come from the "
-            "history store (--symbols) or one CSV (--csv). The evaluation window is "
-            "--start..--end (default: the last 30 %); static quantiles are fitted before it."
+            "Score one or more ONNX models (contract 1 or 2) with onnxruntime against "
+            "persistence, drift, the EWMA band, the HAR band and static quantiles on the same "
+            "origins. The bands are scored at every level any model has; pinball ratios compare "
+            "at the levels both sides have, and coverage is that of the 0.1-0.9 band. Bars come "
+            "from the history store (--symbols) or one CSV (--csv). The evaluation window is "
+            "--start..--end (default: the last 30 %); static quantiles and the HAR band are "
+            "fitted before it."
         ),
         epilog=EPILOG,
     )

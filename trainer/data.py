@@ -9,20 +9,24 @@ with the same code.
 Bad rows are never used and never silently dropped: each one becomes a ``BadRow`` naming the
 file (or Redis key) and line, with a short reason label. Rows that repeat an open time with
 identical values are harmless duplicates and are only counted.
+
+The streamer's Redis bars are read through its own contract (``streamer.core.contracts.
+redis_bars``): a bar still marked incomplete (its minute overlapped a feed outage and waits for
+backfill) is never imported, and a complete bar from Redis replaces whatever the store holds for
+its minute, so a partial bar cannot become permanent training data.
 """
 
 from __future__ import annotations
 
 import csv
+import dataclasses
 import gzip
 import io
 import json
 import math
-import os
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Collection, Iterable, Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +35,16 @@ import numpy.typing as npt
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from streamer.core.contracts.redis_bars import (
+    BARS_KEY_PREFIX,
+    bars_key,
+    decode_bar,
+    incomplete_key,
+    window_of_bars_key,
+)
+from streamer.core.timefmt import parse_iso_ms
 from streamer.core.types import MINUTE_MS
+from streamer.io.files import atomic_write_bytes
 
 COLUMNS = ("open_time_ms", "open", "high", "low", "close", "volume")
 LAYOUTS = ("auto", "binance", "yahoo", "simple")
@@ -92,6 +105,7 @@ class ImportResult:
     interval_ms: int
     bad_rows: tuple[BadRow, ...]
     duplicates: int  # rows repeating an earlier row exactly, dropped as harmless
+    incomplete: int = 0  # Redis bars still marked incomplete, not imported
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,6 +115,7 @@ class AppendResult:
     conflicts: tuple[BadRow, ...]  # stored with different values: the stored bar is kept
     rows: int
     gaps: tuple[Gap, ...]
+    replaced: int = 0  # stored with different values and replaced (``replace=True``)
 
 
 @dataclass(frozen=True, slots=True)
@@ -202,18 +217,26 @@ class _RowChecker:
     def check(
         self, line: int, ts_ms: int, cells: list[str]
     ) -> tuple[int, float, float, float, float, float] | BadRow:
+        text = ",".join(cells)
         try:
             o, h, lo, c, v = (float(x) for x in cells)
         except ValueError:
-            return BadRow(self.source, line, "non_numeric", ",".join(cells))
-        if not all(math.isfinite(x) for x in (o, h, lo, c, v)):
-            return BadRow(self.source, line, "non_finite", ",".join(cells))
+            return BadRow(self.source, line, "non_numeric", text)
+        return self.check_values(line, ts_ms, (o, h, lo, c, v), text)
+
+    def check_values(
+        self, line: int, ts_ms: int, values: tuple[float, float, float, float, float], text: str
+    ) -> tuple[int, float, float, float, float, float] | BadRow:
+        """``values`` = (o, h, l, c, v) already numbers; ``text`` is the row for messages."""
+        o, h, lo, c, v = values
+        if not all(math.isfinite(x) for x in values):
+            return BadRow(self.source, line, "non_finite", text)
         if min(o, h, lo, c) <= 0.0:
-            return BadRow(self.source, line, "non_positive_price", ",".join(cells))
+            return BadRow(self.source, line, "non_positive_price", text)
         if h < lo:
             return BadRow(self.source, line, "high_below_low", f"high={h} low={lo}")
         if not (lo <= o <= h and lo <= c <= h):
-            return BadRow(self.source, line, "open_close_outside_range", ",".join(cells))
+            return BadRow(self.source, line, "open_close_outside_range", text)
         if v < 0.0:
             return BadRow(self.source, line, "negative_volume", f"volume={v}")
         return (ts_ms, o, h, lo, c, v)
@@ -224,33 +247,14 @@ def _int_ms(text: str) -> int:
     return value // 1000 if value >= _MICROSECONDS_FROM else value
 
 
-def _iso_ms(text: str) -> int:
-    stamp = datetime.fromisoformat(text.strip())
-    if stamp.tzinfo is None:
-        stamp = stamp.replace(tzinfo=UTC)
-    return round(stamp.timestamp() * 1000)
-
-
-def _rows_binance(
-    rows: Iterator[tuple[int, list[str]]], check: _RowChecker
+def _rows_positional(
+    rows: Iterator[tuple[int, list[str]]], check: _RowChecker, exact_columns: int | None
 ) -> Iterator[tuple[int, tuple[int, float, float, float, float, float] | BadRow]]:
+    """Rows ``[time, open, high, low, close, volume, ...]``: exactly ``exact_columns`` cells
+    (Binance's dumps have 12), or at least 6 when None."""
     for line, cells in rows:
-        if len(cells) != 12:
-            yield line, BadRow(check.source, line, "wrong_column_count", f"{len(cells)} columns")
-            continue
-        try:
-            ts = _int_ms(cells[0])
-        except ValueError:
-            yield line, BadRow(check.source, line, "bad_timestamp", cells[0])
-            continue
-        yield line, check.check(line, ts, cells[1:6])
-
-
-def _rows_simple(
-    rows: Iterator[tuple[int, list[str]]], check: _RowChecker
-) -> Iterator[tuple[int, tuple[int, float, float, float, float, float] | BadRow]]:
-    for line, cells in rows:
-        if len(cells) < 6:
+        bad_count = len(cells) < 6 if exact_columns is None else len(cells) != exact_columns
+        if bad_count:
             yield line, BadRow(check.source, line, "wrong_column_count", f"{len(cells)} columns")
             continue
         try:
@@ -276,7 +280,7 @@ def _rows_yahoo(
             yield line, BadRow(check.source, line, "wrong_column_count", f"{len(cells)} columns")
             continue
         try:
-            ts = _iso_ms(cells[0])
+            ts = parse_iso_ms(cells[0])
         except ValueError:
             yield line, BadRow(check.source, line, "bad_timestamp", cells[0])
             continue
@@ -367,9 +371,9 @@ def read_csv_bars(path: Path, layout: str = "auto", interval_ms: int | None = No
         check = _RowChecker(source)
         rows = numbered if has_header else _chain_first(first_line, first, numbered)
         if detected == "binance":
-            parsed = _rows_binance(rows, check)
+            parsed = _rows_positional(rows, check, exact_columns=12)
         elif detected == "simple":
-            parsed = _rows_simple(rows, check)
+            parsed = _rows_positional(rows, check, exact_columns=None)
         else:
             if not has_header:
                 raise ImportFailed(f"{source}: a Yahoo CSV needs its header row")
@@ -436,81 +440,85 @@ def _chain_first(
     yield from rest
 
 
-def redis_bars_key(exchange: str, symbol: str) -> str:
-    return f"tickcast:bars:{exchange}:{symbol}"
-
-
-def parse_redis_bars(source: str, elements: list[bytes]) -> ImportResult:
-    """Elements of a streamer bar list: JSON ``[open_time_ms, o, h, l, c, volume, trades]``."""
+def parse_redis_bars(
+    source: str, elements: list[bytes], incomplete: Collection[int] = ()
+) -> ImportResult:
+    """Elements of a streamer bar list, decoded as the streamer decodes them; bars whose open
+    time is in ``incomplete`` (the list's incomplete set) are left out and counted."""
     check = _RowChecker(source)
+    skipped = 0
 
     def parsed() -> Iterator[tuple[int, tuple[int, float, float, float, float, float] | BadRow]]:
+        nonlocal skipped
         for line, raw in enumerate(elements, start=1):
             try:
-                value = json.loads(raw)
-            except (json.JSONDecodeError, UnicodeDecodeError):
-                yield line, BadRow(source, line, "not_json", repr(raw[:80]))
+                bar = decode_bar("", "", raw)  # only the values are kept: no names needed
+            except ValueError as exc:
+                yield line, BadRow(source, line, "bad_bar", str(exc)[:200])
                 continue
-            if not isinstance(value, list) or len(value) < 6:
-                yield line, BadRow(source, line, "wrong_column_count", repr(raw[:80]))
+            if bar.open_time_ms in incomplete:
+                skipped += 1
                 continue
-            if not isinstance(value[0], int) or isinstance(value[0], bool):
-                yield line, BadRow(source, line, "bad_timestamp", repr(value[0]))
-                continue
-            yield line, check.check(line, value[0], [str(x) for x in value[1:6]])
+            values = (bar.open, bar.high, bar.low, bar.close, bar.volume)
+            yield line, check.check_values(line, bar.open_time_ms, values, repr(raw[:80]))
 
-    return rows_to_result(source, "redis", parsed(), MINUTE_MS)
+    result = rows_to_result(source, "redis", parsed(), MINUTE_MS)
+    return dataclasses.replace(result, incomplete=skipped)
+
+
+def _redis(url: str) -> tuple[Any, bool]:
+    """A blocking client for any Redis URL of ``streamer.core.redis_url``, and whether it is a
+    cluster (whose bar keys carry the window as a hash tag)."""
+    import redis
+
+    from streamer.core.redis_url import RedisMode, parse_redis_url
+    from streamer.io.redis_clients import sync_client
+
+    target = parse_redis_url(url)
+    if target.mode is RedisMode.SINGLE:
+        return redis.Redis.from_url(url), False
+    return sync_client(target), target.cluster
 
 
 def read_redis_bars(url: str, exchange: str, symbol: str) -> ImportResult:
-    """Read the streamer's rolling window of closed bars for one symbol."""
-    import redis
-
-    client = redis.Redis.from_url(url)
+    """Read the streamer's rolling window of closed bars for one symbol, without the bars it
+    still marks incomplete (list and marks read in one transaction: on a cluster both keys lie
+    in one slot)."""
+    client, cluster = _redis(url)
     try:
-        key = redis_bars_key(exchange, symbol)
-        elements: list[bytes] = list(client.lrange(key, 0, -1))  # type: ignore[arg-type]
+        key = bars_key(exchange, symbol, cluster)
+        with client.pipeline(transaction=True) as pipe:
+            pipe.lrange(key, 0, -1)
+            pipe.zrange(incomplete_key(exchange, symbol, cluster), 0, -1)
+            elements, marks = pipe.execute()
     finally:
         client.close()
-    return parse_redis_bars(f"{url}/{key}", elements)
+    return parse_redis_bars(f"{url}/{key}", list(elements), {int(m) for m in marks})
 
 
 def list_redis_bar_keys(url: str) -> list[tuple[str, str]]:
-    """(exchange, symbol) of every bar list the streamer keeps in this Redis."""
-    import redis
-
-    client = redis.Redis.from_url(url)
+    """(exchange, symbol) of every bar list the streamer keeps in this Redis (on a cluster,
+    every primary is scanned)."""
+    client, cluster = _redis(url)
     try:
-        keys = sorted(k.decode() for k in client.scan_iter(match="tickcast:bars:*:*", count=1000))
+        keys = sorted(k.decode() for k in client.scan_iter(match=f"{BARS_KEY_PREFIX}*", count=1000))
     finally:
         client.close()
-    out = []
-    for key in keys:
-        parts = key.split(":")
-        if len(parts) == 4:
-            out.append((parts[2], parts[3]))
-    return out
+    windows = (window_of_bars_key(key, cluster) for key in keys)
+    return [window for window in windows if window is not None]
 
 
 # --- the store ---------------------------------------------------------------------------------
 
 
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
-
-
 class HistoryStore:
     """Bars per exchange/symbol/interval as Parquet; appends are idempotent.
 
-    A bar already stored is never overwritten: a new bar with the same open time and equal
-    values is counted as unchanged, one with different values is reported as a conflict and
-    the stored one kept (first writer wins, so a re-import can never silently rewrite history).
+    A new bar with the same open time as a stored one and equal values is counted as unchanged.
+    One with different values is reported as a conflict and the stored one kept (first writer
+    wins, so a re-import of files can never silently rewrite history), except in an append with
+    ``replace``: the streamer's complete Redis bars replace what is stored for their minute, so
+    a bar stored from an outage's partial minute is corrected once the backfilled bar arrives.
     """
 
     def __init__(self, root: Path) -> None:
@@ -557,17 +565,33 @@ class HistoryStore:
         return out
 
     def append(
-        self, exchange: str, symbol: str, interval_ms: int, bars: BarTable, source: str
+        self,
+        exchange: str,
+        symbol: str,
+        interval_ms: int,
+        bars: BarTable,
+        source: str,
+        *,
+        replace: bool = False,
     ) -> AppendResult:
+        """Add ``bars``; with ``replace`` a bar whose minute is stored with other values replaces
+        the stored one instead of being a conflict (the streamer's complete bars from Redis)."""
         stored = self.load(exchange, symbol, interval_ms)
+        kept = stored.ohlcv
         conflicts: list[BadRow] = []
+        replaced = 0
         if len(stored):
             pos = np.searchsorted(stored.open_time_ms, bars.open_time_ms)
             pos_c = np.minimum(pos, len(stored) - 1)
             present = stored.open_time_ms[pos_c] == bars.open_time_ms
             same = present & np.all(stored.ohlcv[pos_c] == bars.ohlcv, axis=1)
-            for i in np.nonzero(present & ~same)[0]:
-                conflicts.append(
+            differs = np.nonzero(present & ~same)[0]
+            if replace:
+                kept = stored.ohlcv.copy()
+                kept[pos_c[differs]] = bars.ohlcv[differs]
+                replaced = int(differs.shape[0])
+            else:
+                conflicts = [
                     BadRow(
                         source,
                         int(bars.line[i]),
@@ -575,7 +599,8 @@ class HistoryStore:
                         f"open_time_ms={int(bars.open_time_ms[i])} stored "
                         f"{stored.ohlcv[pos_c[i]].tolist()} new {bars.ohlcv[i].tolist()}",
                     )
-                )
+                    for i in differs
+                ]
             new = ~present
             unchanged = int(same.sum())
         else:
@@ -583,19 +608,19 @@ class HistoryStore:
             unchanged = 0
         added = int(new.sum())
         times = np.concatenate([stored.open_time_ms, bars.open_time_ms[new]])
-        ohlcv = np.concatenate([stored.ohlcv, bars.ohlcv[new]])
+        ohlcv = np.concatenate([kept, bars.ohlcv[new]])
         order = np.argsort(times, kind="stable")
         times, ohlcv = times[order], ohlcv[order]
         gaps = find_gaps(times, interval_ms)
         path = self.path(exchange, symbol, interval_ms)
-        if added:
+        if added or replaced:
             table = pa.table(
                 {"open_time_ms": pa.array(times, pa.int64())}
                 | {c: pa.array(ohlcv[:, i], pa.float64()) for i, c in enumerate(COLUMNS[1:])}
             )
             sink = pa.BufferOutputStream()
             pq.write_table(table, sink, compression="zstd")
-            _atomic_write_bytes(path, sink.getvalue().to_pybytes())
+            atomic_write_bytes(path, sink.getvalue().to_pybytes())
         previous = self.info(exchange, symbol, interval_ms)
         sources = list(previous.sources) if previous else []
         if source not in sources:
@@ -612,10 +637,10 @@ class HistoryStore:
                 "gaps": [[g.first_missing_ms, g.missing] for g in gaps],
                 "sources": sources[-50:],
             }
-            _atomic_write_bytes(
+            atomic_write_bytes(
                 path.with_suffix(".json"), (json.dumps(meta, indent=1) + "\n").encode()
             )
-        return AppendResult(added, unchanged, tuple(conflicts), int(times.shape[0]), gaps)
+        return AppendResult(added, unchanged, tuple(conflicts), int(times.shape[0]), gaps, replaced)
 
 
 def summarise_bad_rows(bad: Iterable[BadRow], limit: int = 20) -> list[str]:

@@ -11,12 +11,15 @@ split's data.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, datetime
 
 import numpy as np
 import numpy.typing as npt
 
+from streamer.core.timefmt import iso_seconds
+from streamer.core.timefmt import parse_iso_ms as parse_iso_ms
 from trainer.data import BarTable
+
+iso_ms = iso_seconds  # the name trainer.cli and trainer.pipeline know it by
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,18 +59,7 @@ class Split:
     end_ms: int  # exclusive
 
     def describe(self) -> dict[str, str]:
-        return {"start": iso_ms(self.start_ms), "end": iso_ms(self.end_ms)}
-
-
-def iso_ms(ms: int) -> str:
-    return datetime.fromtimestamp(ms / 1000, tz=UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def parse_iso_ms(text: str) -> int:
-    stamp = datetime.fromisoformat(text)
-    if stamp.tzinfo is None:
-        stamp = stamp.replace(tzinfo=UTC)
-    return round(stamp.timestamp() * 1000)
+        return {"start": iso_seconds(self.start_ms), "end": iso_seconds(self.end_ms)}
 
 
 def run_starts(open_time_ms: npt.NDArray[np.int64], interval_ms: int) -> npt.NDArray[np.int64]:
@@ -138,7 +130,8 @@ def time_splits(
     for split in splits:
         if split.end_ms <= split.start_ms:
             raise ValueError(
-                f"split {split.name} is empty: {iso_ms(split.start_ms)} .. {iso_ms(split.end_ms)}"
+                f"split {split.name} is empty: {iso_seconds(split.start_ms)} .. "
+                f"{iso_seconds(split.end_ms)}"
             )
     return splits
 
@@ -172,6 +165,7 @@ class Pool:
     close: npt.NDArray[np.float64]
     origins: npt.NDArray[np.int64]
     series_id: npt.NDArray[np.int64]
+    open_time_ms: npt.NDArray[np.int64]  # of every bar, concatenated like ``bars``
 
     @staticmethod
     def build(series: list[Series], window: int, horizon: int, split: Split | None) -> Pool:
@@ -196,6 +190,9 @@ class Pool:
             close=np.concatenate([s.close for s in series]) if series else np.zeros(0),
             origins=np.concatenate(origins) if origins else np.zeros(0, np.int64),
             series_id=np.concatenate(ids) if ids else np.zeros(0, np.int64),
+            open_time_ms=np.concatenate([s.open_time_ms for s in series])
+            if series
+            else np.zeros(0, np.int64),
         )
 
     def __len__(self) -> int:
@@ -209,3 +206,8 @@ class Pool:
         x = self.bars[t[:, None] + np.arange(-window + 1, 1, dtype=np.int64)[None, :]]
         future = self.close[t[:, None] + np.arange(1, horizon + 1, dtype=np.int64)[None, :]]
         return x, np.log(future / self.close[t][:, None])
+
+    def bar_time_s(self, rows: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
+        """Open time (epoch seconds) of the last input bar of origin rows: contract 2's
+        ``bar_time``."""
+        return np.asarray(self.open_time_ms[self.origins[rows]] // 1000, dtype=np.int64)

@@ -1,11 +1,12 @@
-"""ONNX export under contract 1, and the parity check that guards every publish.
+"""ONNX export under contract 1 or 2, and the parity check that guards every publish.
 
 The legacy TorchScript exporter (``dynamo=False``, opset 17, dynamic batch axis) writes one
 self-contained file with native ``LSTM`` ops; the check below refuses anything else (an external
 weights file, a missing dynamic batch axis, an opset below the contract's). Parity: onnxruntime
 must reproduce PyTorch to 1e-4 relative at batch sizes 1, 7 and 1000 on real windows, plus a
-flat zero-volume window that must come out finite. A failed check raises ``ExportError`` and
-nothing is published.
+flat zero-volume window that must come out finite; a contract-2 model is fed the real windows'
+own bar times, and the first windows again at the calendar's edges (``EDGE_TIMES_S``). A failed
+check raises ``ExportError`` and nothing is published.
 """
 
 from __future__ import annotations
@@ -21,32 +22,47 @@ import onnx
 import onnxruntime as ort
 import torch
 
-from streamer.core import contract
+from streamer.core.contracts import model as contract
 from trainer.model import QuantileLSTM
 
 OPSET = 17
 PARITY_BATCHES = (1, 7, 1000)
 PARITY_RTOL = 1e-4
+# bar times a contract-2 export is also checked at: minute 0 and 59, hour 0 and 23, Sunday
+# night into Monday, a leap day, a year's end, and the epoch itself
+EDGE_TIMES_S = (
+    1_704_067_200,  # 2024-01-01 00:00 UTC, Monday
+    1_704_067_140,  # 2023-12-31 23:59, Sunday
+    1_709_251_140,  # 2024-02-29 23:59, Thursday
+    1_718_021_700,  # 2024-06-10 12:15, Monday
+    1_735_689_540,  # 2024-12-31 23:59, Tuesday
+    0,  # 1970-01-01 00:00, Thursday
+)
 
 
 class ExportError(RuntimeError):
-    """The exported graph is not a publishable contract-1 artifact; the message says why."""
+    """The exported graph is not a publishable artifact; the message says why."""
 
 
 def export_onnx(model: QuantileLSTM) -> bytes:
     """The graph without metadata (the metrics that go into it need this graph to be scored)."""
     model.eval()
     cfg = model.config
-    example = torch.full((2, cfg.window, 5), 100.0, dtype=torch.float32)
+    example: tuple[torch.Tensor, ...] = (torch.full((2, cfg.window, 5), 100.0),)
+    names = [contract.INPUT_NAME]
+    if cfg.contract == 2:
+        example += (torch.tensor(EDGE_TIMES_S[:2], dtype=torch.int64),)
+        names.append(contract.TIME_INPUT_NAME)
+    axes = {name: {0: "batch"} for name in (*names, contract.OUTPUT_NAME)}
     buffer = io.BytesIO()
     with torch.no_grad():
         torch.onnx.export(
             model,
-            (example,),
+            example,
             buffer,  # type: ignore[arg-type]  # the legacy exporter writes to file objects
-            input_names=[contract.INPUT_NAME],
+            input_names=names,
             output_names=[contract.OUTPUT_NAME],
-            dynamic_axes={contract.INPUT_NAME: {0: "batch"}, contract.OUTPUT_NAME: {0: "batch"}},
+            dynamic_axes=axes,
             opset_version=OPSET,
             do_constant_folding=True,
             dynamo=False,
@@ -75,15 +91,14 @@ def check_self_contained(model_bytes: bytes) -> None:
             raise ExportError(f"{value.name}: batch axis is fixed ({first.dim_value}), not dynamic")
 
 
-def attach_metadata(model_bytes: bytes, spec: contract.ModelSpec, check: bool = True) -> bytes:
+def attach_metadata(model_bytes: bytes, spec: contract.ModelSpec) -> bytes:
     """Write the contract metadata into the graph, validated by the contract's own parser.
 
-    ``check=False`` is for models of other intervals (daily bars): trained and scored with the
-    same code, but contract 1 serves 1-minute models only, so they are never published.
+    Checked against the spec's own interval: a model of daily bars is trained, checked and
+    scored with the same code (contract 1 serves 1-minute models only, so it is never published).
     """
     meta = spec.to_metadata()
-    if check:
-        contract.parse_metadata(meta)
+    contract.parse_metadata(meta, interval_s=spec.interval_s)
     proto = onnx.load_model_from_string(model_bytes)
     del proto.metadata_props[:]
     for key, value in sorted(meta.items()):
@@ -91,7 +106,7 @@ def attach_metadata(model_bytes: bytes, spec: contract.ModelSpec, check: bool = 
         entry.key = key
         entry.value = value
     proto.producer_name = "tickcast-trainer"
-    proto.doc_string = "tickcast quantile LSTM, contract 1 (see tickcast.* metadata)"
+    proto.doc_string = f"tickcast quantile LSTM, contract {spec.contract} (see tickcast.* metadata)"
     return bytes(proto.SerializeToString())
 
 
@@ -108,14 +123,37 @@ def flat_window(window: int, price: float = 27_000.0) -> npt.NDArray[np.float32]
     return bars
 
 
+def _parity_cases(
+    model: QuantileLSTM,
+    real_windows: npt.NDArray[np.float32],
+    bar_time_s: npt.NDArray[np.int64] | None,
+    batches: tuple[int, ...],
+) -> list[tuple[str, npt.NDArray[np.float32], npt.NDArray[np.int64] | None]]:
+    window = model.config.window
+    if model.config.contract == 1:
+        cases = [(str(b), np.ascontiguousarray(real_windows[:b]), None) for b in batches]
+        return [*cases, ("flat_zero_volume", flat_window(window), None)]
+    if bar_time_s is None or bar_time_s.shape != (real_windows.shape[0],):
+        raise ExportError("parity of a contract-2 model needs the bar time of every real window")
+    edges = np.asarray(EDGE_TIMES_S, dtype=np.int64)
+    times = [(str(b), bar_time_s[:b]) for b in batches]
+    return [
+        *((name, np.ascontiguousarray(real_windows[: len(t)]), t) for name, t in times),
+        ("calendar_edges", np.ascontiguousarray(real_windows[: len(edges)]), edges),
+        ("flat_zero_volume", flat_window(window), edges[:1]),
+    ]
+
+
 def check_parity(
     model: QuantileLSTM,
     model_bytes: bytes,
     real_windows: npt.NDArray[np.float32],
     batches: tuple[int, ...] = PARITY_BATCHES,
     rtol: float = PARITY_RTOL,
+    bar_time_s: npt.NDArray[np.int64] | None = None,
 ) -> dict[str, Any]:
-    """onnxruntime against PyTorch on real windows; raises ExportError on any mismatch."""
+    """onnxruntime against PyTorch on real windows (and, for contract 2, their bar times);
+    raises ExportError on any mismatch."""
     if real_windows.shape[0] < max(batches):
         raise ExportError(f"parity needs {max(batches)} real windows, got {real_windows.shape[0]}")
     options = ort.SessionOptions()
@@ -125,12 +163,15 @@ def check_parity(
     )
     model.eval()
     report: dict[str, Any] = {"rtol": rtol, "batches": {}}
-    cases = [(str(b), np.ascontiguousarray(real_windows[:b])) for b in batches]
-    cases.append(("flat_zero_volume", flat_window(model.config.window)))
-    for name, x in cases:
+    for name, x, t in _parity_cases(model, real_windows, bar_time_s, batches):
+        feed: dict[str, npt.NDArray[Any]] = {contract.INPUT_NAME: x}
         with torch.no_grad():
-            expected = model(torch.from_numpy(x)).numpy()
-        got = session.run([contract.OUTPUT_NAME], {contract.INPUT_NAME: x})[0]
+            if t is None:
+                expected = model(torch.from_numpy(x)).numpy()
+            else:
+                expected = model(torch.from_numpy(x), torch.from_numpy(t)).numpy()
+                feed[contract.TIME_INPUT_NAME] = t
+        got = session.run([contract.OUTPUT_NAME], feed)[0]
         if got.shape != expected.shape:
             raise ExportError(
                 f"batch {name}: onnxruntime shape {got.shape}, torch {expected.shape}"

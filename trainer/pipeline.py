@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from streamer.core import contract
+from streamer.core.contracts import model as contract
 from streamer.core.types import MINUTE_MS
 from trainer.data import (
     HistoryStore,
@@ -47,7 +47,7 @@ from trainer.dataset import (
 )
 from trainer.evaluate import OnnxForecaster, evaluate, metrics_summary, plot_all, write_report
 from trainer.export import attach_metadata, check_parity, export_onnx, make_version
-from trainer.model import ModelConfig
+from trainer.model import ModelConfig, contract_defaults
 from trainer.registry import (
     DEFAULT_KEEP,
     DirectoryRegistry,
@@ -194,8 +194,11 @@ def load_config(path: Path, store_override: Path | None = None) -> RunConfig:
         if (split.val_days is None) != (split.test_days is None):
             raise ConfigError("split: give both val_days and test_days, or neither")
         m = _take(dict(raw.get("model", {})), {f.name for f in fields(ModelConfig)}, "model")
+        m = contract_defaults(m)
         if "quantiles" in m:
             m["quantiles"] = tuple(float(q) for q in m["quantiles"])
+        if "har_windows" in m:
+            m["har_windows"] = tuple(int(n) for n in m["har_windows"])
         model = ModelConfig(**m)
         t = _take(dict(raw.get("train", {})), {f.name for f in fields(TrainSettings)}, "train")
         settings = TrainSettings(**t)
@@ -275,7 +278,9 @@ def pull_redis(
         if symbols is not None and (exchange, symbol) not in symbols:
             continue
         result = read_redis_bars(url, exchange, symbol)
-        added = store.append(exchange, symbol, MINUTE_MS, result.bars, f"redis:{exchange}:{symbol}")
+        added = store.append(
+            exchange, symbol, MINUTE_MS, result.bars, f"redis:{exchange}:{symbol}", replace=True
+        )
         total += added.added
         log(
             f"redis {exchange}:{symbol}: {len(result.bars)} bars, {added.added} new, "
@@ -395,8 +400,8 @@ def run_training(
     )
 
     raw = export_onnx(result.model)
-    parity_windows = _parity_windows(series, w, h, splits)
-    parity = check_parity(result.model, raw, parity_windows)
+    parity_windows, parity_times = _parity_windows(series, w, h, splits)
+    parity = check_parity(result.model, raw, parity_windows, bar_time_s=parity_times)
     log(f"parity: {json.dumps(parity['batches'])}")
     version = make_version(raw)
     trained = trained_metadata(series, splits, pools, cfg, result)
@@ -408,14 +413,16 @@ def run_training(
         version=version,
         trained=trained,
         metrics={},
+        contract=cfg.model.contract,
     )
-    lenient = cfg.data.interval_ms != contract.INTERVAL_S * 1000
-    scored = OnnxForecaster(attach_metadata(raw, spec, check=not lenient), lenient=lenient)
+    servable = spec.interval_s == contract.INTERVAL_S
+    scored = OnnxForecaster(attach_metadata(raw, spec), interval_s=spec.interval_s)
     models: dict[str, Any] = {"model": scored}
     current_version = registry.current_version() if registry is not None else None
-    if registry is not None and current_version is not None:
+    if registry is not None and current_version is not None and servable:
+        # the registry serves 1-minute models only: one of them cannot be scored on other bars
         current_bytes, _ = registry.fetch(current_version)
-        models["current"] = OnnxForecaster(current_bytes)
+        models["current"] = OnnxForecaster(current_bytes, interval_s=spec.interval_s)
     report, data = evaluate(models, series, splits[2], splits[0], history=result.history)
     report["version"] = version
     report["parity"] = parity
@@ -431,8 +438,9 @@ def run_training(
         version=version,
         trained=trained,
         metrics=metrics,
+        contract=cfg.model.contract,
     )
-    model_bytes = attach_metadata(raw, final_spec, check=not lenient)
+    model_bytes = attach_metadata(raw, final_spec)
     decision = None
     if registry is not None:
         figures = gate_figures(report, "model", "current" if "current" in models else None)
@@ -443,6 +451,7 @@ def run_training(
         version,
         model_bytes,
         {
+            "contract": cfg.model.contract,
             "window": w,
             "horizon": h,
             "quantiles": list(cfg.model.quantiles),
@@ -455,7 +464,7 @@ def run_training(
     )
     published = False
     if registry is not None and decision is not None:
-        if lenient:
+        if not servable:
             log(
                 "not published: contract 1 serves 1-minute models, this one is "
                 + interval_label(cfg.data.interval_ms)
@@ -491,18 +500,22 @@ def run_training(
 
 def _parity_windows(
     series: list[Series], window: int, horizon: int, splits: tuple[Split, Split, Split]
-) -> np.ndarray:
-    """1000 real windows for the parity check, from the test split first, then earlier ones."""
-    chunks = []
+) -> tuple[np.ndarray, np.ndarray]:
+    """1000 real windows for the parity check, from the test split first, then earlier ones,
+    and the open time (epoch seconds) of each one's last bar."""
+    chunks, times = [], []
     for split in (splits[2], splits[1], splits[0]):
         for s in series:
             origins = valid_origins(s, window, horizon, split.start_ms, split.end_ms)
             if origins.shape[0]:
                 step = max(1, origins.shape[0] // 400)
                 chunks.append(windows(s, origins[::step], window))
+                times.append(s.open_time_ms[origins[::step]] // 1000)
         if sum(c.shape[0] for c in chunks) >= 1000:
             break
     x = np.concatenate(chunks) if chunks else np.zeros((0, window, 5), np.float32)
+    t = np.concatenate(times) if times else np.zeros(0, np.int64)
     if 0 < x.shape[0] < 1000:  # tiny data sets (tests, daily bars): repeat real windows
         x = np.concatenate([x] * (1000 // x.shape[0] + 1))
-    return x[:1000]
+        t = np.concatenate([t] * (1000 // t.shape[0] + 1))
+    return x[:1000], t[:1000].astype(np.int64)

@@ -1,7 +1,12 @@
 """Model registry: versioned artifacts, atomic publish, promotion gate, promote and rollback.
 
-This module imports only the standard library, ``redis`` and ``streamer.core``: no torch, so
-operators' ``promote``/``rollback``/``list`` commands start fast.
+This module imports only the standard library, ``redis``, ``streamer.core`` and
+``streamer.io.files`` (the atomic write): no torch, so operators'
+``promote``/``rollback``/``list`` commands start fast.
+
+The layout, the keys, the version-name rule and the manifest fields every reader relies on are
+the registry contract, ``streamer.core.contracts.registry``: the streamer reads with it, this
+module writes with it, and a version whose name breaks the rule is never published.
 
 Two backends share one behaviour (``open_registry(target)`` picks by ``redis://`` prefix):
 
@@ -50,24 +55,24 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
-import json
 import os
 import shutil
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Protocol, cast
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
-MANIFEST_SCHEMA = 1
+from streamer.core.contracts import registry as contract
+from streamer.core.timefmt import iso_now_micros, parse_iso_ms
+from streamer.io.files import atomic_write_bytes
+
+if TYPE_CHECKING:
+    from streamer.io.redis_clients import SyncClient
+
 STATUS_CANDIDATE = "candidate"
 STATUS_PROMOTED = "promoted"
 STATUS_ROLLED_BACK = "rolled_back"
-REDIS_PREFIX = "tickcast:models"
-REDIS_CURRENT = f"{REDIS_PREFIX}:current"
-REDIS_VERSIONS = f"{REDIS_PREFIX}:versions"
-REDIS_EVENTS = f"{REDIS_PREFIX}:events"
 DEFAULT_KEEP = 10
 
 
@@ -75,52 +80,94 @@ class RegistryError(RuntimeError):
     """A registry operation that cannot be done; the message says why."""
 
 
-def now_iso() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
 def sha256_hex(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
 def _created_ms(manifest: dict[str, Any]) -> int:
-    stamp = datetime.fromisoformat(str(manifest["created_at"]).replace("Z", "+00:00"))
-    return round(stamp.timestamp() * 1000)
+    return parse_iso_ms(str(manifest["created_at"]))
+
+
+def _decode_manifest(raw: bytes, where: str) -> dict[str, Any]:
+    try:
+        return contract.decode_manifest(raw)
+    except contract.RegistryFormatError as exc:
+        raise RegistryError(f"{where}: {exc}") from None
 
 
 def verify(model_bytes: bytes, manifest: dict[str, Any]) -> None:
     """The check every reader must make before loading a model."""
     digest = sha256_hex(model_bytes)
-    if digest != manifest.get("sha256"):
+    try:
+        expected: str | None = contract.read_manifest(manifest).sha256
+    except contract.RegistryFormatError:
+        expected = None
+    if digest != expected:
         raise RegistryError(
             f"version {manifest.get('version')}: sha256 {digest} does not match the manifest's "
             f"{manifest.get('sha256')}"
         )
 
 
+def _checked_version(manifest: dict[str, Any]) -> str:
+    """The manifest's version, if readers will accept its name (the contract's rule)."""
+    version = str(manifest["version"])
+    if not contract.is_valid_version(version):
+        raise RegistryError(f"version {version!r} is not a valid registry version name")
+    return version
+
+
 # --- the promotion gate ----------------------------------------------------------------------
+
+
+def common_levels(*level_sets: Sequence[float]) -> tuple[float, ...]:
+    """The quantile levels every one of ``level_sets`` has, in increasing order.
+
+    Pinball losses compare only at the same levels: a tail level's loss is far smaller than the
+    median's, so a mean over 0.05..0.95 is lower than a mean over 0.1/0.5/0.9 for the same band.
+    """
+    if not level_sets:
+        return ()
+    shared = set(level_sets[0]).intersection(*level_sets[1:])
+    return tuple(sorted(shared))
+
+
+def pinball_at(row: dict[str, Any], levels: Sequence[float], at: Sequence[float]) -> float:
+    """Mean pinball loss (bp) of one evaluation row over the levels ``at``, from its per-level
+    figures ``row["pinball_levels_bps"]`` (aligned with ``levels``, the contender's own)."""
+    per_level = row["pinball_levels_bps"]
+    missing = [q for q in at if q not in levels]
+    if missing or not at:
+        raise ValueError(f"pinball wanted at levels {list(at)}; the contender has {list(levels)}")
+    return sum(float(per_level[list(levels).index(q)]) for q in at) / len(at)
 
 
 @dataclass(frozen=True, slots=True)
 class GateFigures:
-    """Mean figures over the compared horizons, all on the same evaluation origins (bp)."""
+    """Mean figures over the compared horizons, all on the same evaluation origins (bp); every
+    pinball figure is the mean over ``levels``, the levels the candidate and the current model
+    both have (the baselines are scored at every level of every contender)."""
 
     candidate_pinball: float
     ewma_pinball: float
+    har_pinball: float
     candidate_mae: float
     persistence_mae: float
     current_pinball: float | None = None
     horizons: int = 0
     window: dict[str, str] = field(default_factory=dict)
+    levels: tuple[float, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "candidate_pinball_bps": self.candidate_pinball,
             "ewma_pinball_bps": self.ewma_pinball,
+            "har_pinball_bps": self.har_pinball,
             "current_pinball_bps": self.current_pinball,
             "candidate_mae_bps": self.candidate_mae,
             "persistence_mae_bps": self.persistence_mae,
             "horizons": self.horizons,
+            "levels": list(self.levels),
             "eval": self.window,
         }
 
@@ -140,40 +187,59 @@ class GateDecision:
 
 
 def gate_figures(report: dict[str, Any], candidate: str, current: str | None) -> GateFigures:
-    """Extract the gate's figures from an evaluation report that scored both models."""
+    """Extract the gate's figures from an evaluation report that scored both models.
+
+    The rule: every contender is compared at the same horizons (those both models have) and the
+    same levels (those both models have; the candidate's own when there is no current model),
+    pooled over all series. The EWMA and HAR bands are scored at every level any contender has,
+    so they are taken at exactly those levels too.
+    """
     contenders = report["all"]["contenders"]
     names = [candidate] + ([current] if current else [])
     horizons = min(len(contenders[n]["per_h"]) for n in names)
+    levels = common_levels(*(contenders[n]["levels"] for n in names))
 
     def mean(name: str, key: str) -> float:
         rows = contenders[name]["per_h"][:horizons]
         return sum(float(r[key]) for r in rows) / horizons
 
+    def pinball(name: str) -> float:
+        own = contenders[name]["levels"]
+        rows = contenders[name]["per_h"][:horizons]
+        return sum(pinball_at(r, own, levels) for r in rows) / horizons
+
     return GateFigures(
-        candidate_pinball=mean(candidate, "pinball_bps"),
-        ewma_pinball=mean("ewma_band", "pinball_bps"),
+        candidate_pinball=pinball(candidate),
+        ewma_pinball=pinball("ewma_band"),
+        har_pinball=pinball("har_band"),
         candidate_mae=mean(candidate, "mae_bps"),
         persistence_mae=mean("persistence", "mae_bps"),
-        current_pinball=mean(current, "pinball_bps") if current else None,
+        current_pinball=pinball(current) if current else None,
         horizons=horizons,
         window=dict(report.get("eval", {})),
+        levels=levels,
     )
 
 
 def gate(figures: GateFigures) -> GateDecision:
-    """Promote only if pinball beats the current model and the EWMA band, and the median is
-    no worse than persistence; otherwise say which condition failed, with the numbers."""
+    """Promote only if pinball beats the current model and both classical bands (EWMA and
+    HAR-seasonal), and the median is no worse than persistence; otherwise say which condition
+    failed, with the numbers."""
     reasons = []
     ok = True
     f = figures
-    if f.candidate_pinball < f.ewma_pinball:
-        reasons.append(f"pinball {f.candidate_pinball:.4f} bp < EWMA band {f.ewma_pinball:.4f} bp")
-    else:
-        ok = False
-        reasons.append(
-            f"pinball {f.candidate_pinball:.4f} bp does not beat the EWMA band "
-            f"{f.ewma_pinball:.4f} bp"
-        )
+    if f.levels:
+        shown = ", ".join(f"{q:g}" for q in f.levels)
+        reasons.append(f"pinball compared at levels {shown} over {f.horizons} horizons")
+    for band, band_pinball in (("EWMA band", f.ewma_pinball), ("HAR band", f.har_pinball)):
+        if f.candidate_pinball < band_pinball:
+            reasons.append(f"pinball {f.candidate_pinball:.4f} bp < {band} {band_pinball:.4f} bp")
+        else:
+            ok = False
+            reasons.append(
+                f"pinball {f.candidate_pinball:.4f} bp does not beat the {band} "
+                f"{band_pinball:.4f} bp"
+            )
     if f.current_pinball is None:
         reasons.append("no current model to beat")
     elif f.candidate_pinball < f.current_pinball:
@@ -213,11 +279,11 @@ def build_manifest(
 ) -> dict[str, Any]:
     """A manifest for a new version; ``parent_version`` and ``status`` are set by publish."""
     return {
-        "manifest": MANIFEST_SCHEMA,
+        "manifest": contract.MANIFEST_SCHEMA,
         "version": version,
         "sha256": sha256_hex(model_bytes),
         "size_bytes": len(model_bytes),
-        "created_at": now_iso(),
+        "created_at": iso_now_micros(),
         "contract": 1,
         **spec_metadata,
         "trained": trained,
@@ -232,7 +298,7 @@ def build_manifest(
 
 
 def _event(manifest: dict[str, Any], event: str, actor: str, detail: str = "") -> None:
-    entry = {"at": now_iso(), "event": event, "by": actor}
+    entry = {"at": iso_now_micros(), "event": event, "by": actor}
     if detail:
         entry["detail"] = detail
     manifest.setdefault("history", []).append(entry)
@@ -260,6 +326,29 @@ class Registry(Protocol):
     def prune(self, keep: int) -> list[str]: ...
 
 
+def _promoted(manifest: dict[str, Any], actor: str) -> dict[str, Any]:
+    """``manifest`` marked promoted now, by ``actor``."""
+    manifest["status"] = STATUS_PROMOTED
+    manifest["promoted_at"] = iso_now_micros()
+    _event(manifest, "promoted", actor)
+    return manifest
+
+
+def _rolled_back(registry: Registry, actor: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The current version's manifest marked rolled back and the one before it restored, for
+    either registry to save and switch to."""
+    current = registry.current_version()
+    if current is None:
+        raise RegistryError("nothing to roll back: no current version")
+    target = _rollback_target(registry.list_versions(), current)
+    old = registry.manifest(current)
+    old["status"] = STATUS_ROLLED_BACK
+    _event(old, "rolled_back", actor, f"current is now {target['version']}")
+    _event(target, "restored", actor, f"rollback from {current}")
+    target["promoted_at"] = iso_now_micros()
+    return old, target
+
+
 def _rollback_target(manifests: list[dict[str, Any]], current: str) -> dict[str, Any]:
     previous = [
         m for m in manifests if m["version"] != current and m.get("status") == STATUS_PROMOTED
@@ -279,23 +368,10 @@ def _to_prune(manifests: list[dict[str, Any]], current: str | None, keep: int) -
 # --- directory backend -----------------------------------------------------------------------
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
-
-
-def _json_bytes(value: dict[str, Any]) -> bytes:
-    return (json.dumps(value, indent=1, sort_keys=True) + "\n").encode()
-
-
 class DirectoryRegistry:
     def __init__(self, root: Path) -> None:
         self.root = root
-        self.versions = root / "versions"
+        self.versions = root / contract.VERSIONS_DIR
 
     @contextmanager
     def _locked(self) -> Iterator[None]:
@@ -307,90 +383,82 @@ class DirectoryRegistry:
             finally:
                 fcntl.flock(handle, fcntl.LOCK_UN)
 
+    def _version_dir(self, version: str) -> Path:
+        return Path(contract.version_dir(self.root, version))
+
     def current_version(self) -> str | None:
-        path = self.root / "current"
+        path = self.root / contract.CURRENT_FILE
         if not path.exists():
             return None
-        value = json.loads(path.read_text()).get("version")
-        return str(value) if value else None
+        try:
+            return contract.decode_current(path.read_bytes())
+        except contract.RegistryFormatError as exc:
+            raise RegistryError(f"{path}: {exc}") from None
 
     def manifest(self, version: str) -> dict[str, Any]:
-        path = self.versions / version / "manifest.json"
-        if not path.exists():
+        path = self._version_dir(version) / contract.MANIFEST_FILE
+        if not contract.is_valid_version(version) or not path.exists():
             raise RegistryError(f"no version {version!r} in {self.root}")
-        value: dict[str, Any] = json.loads(path.read_text())
-        return value
+        return _decode_manifest(path.read_bytes(), str(path))
 
     def fetch(self, version: str) -> tuple[bytes, dict[str, Any]]:
         manifest = self.manifest(version)
-        data = (self.versions / version / "model.onnx").read_bytes()
+        data = (self._version_dir(version) / contract.MODEL_FILE).read_bytes()
         verify(data, manifest)
         return data, manifest
 
     def list_versions(self) -> list[dict[str, Any]]:
         if not self.versions.exists():
             return []
-        out = [self.manifest(p.name) for p in self.versions.iterdir() if p.is_dir()]
+        names = [p.name for p in self.versions.iterdir() if p.is_dir()]
+        out = [self.manifest(name) for name in names if contract.is_valid_version(name)]
         return sorted(out, key=lambda m: (_created_ms(m), m["version"]), reverse=True)
 
     def _set_current(self, version: str) -> None:
-        _write_atomic(self.root / "current", _json_bytes({"version": version}))
+        atomic_write_bytes(self.root / contract.CURRENT_FILE, contract.encode_current(version))
 
     def _save_manifest(self, manifest: dict[str, Any]) -> None:
-        _write_atomic(self.versions / manifest["version"] / "manifest.json", _json_bytes(manifest))
+        path = self._version_dir(manifest["version"]) / contract.MANIFEST_FILE
+        atomic_write_bytes(path, contract.encode_manifest(manifest))
 
     def publish(
         self, model_bytes: bytes, manifest: dict[str, Any], promote: bool, actor: str = "gate"
     ) -> str:
-        version = str(manifest["version"])
+        version = _checked_version(manifest)
         manifest = dict(manifest)
         verify(model_bytes, manifest)
         with self._locked():
-            if (self.versions / version).exists():
+            if self._version_dir(version).exists():
                 raise RegistryError(f"version {version} already exists in {self.root}")
             manifest["parent_version"] = self.current_version()
             _event(manifest, "published", actor)
             if promote:
                 manifest["status"] = STATUS_PROMOTED
-                manifest["promoted_at"] = now_iso()
+                manifest["promoted_at"] = iso_now_micros()
                 _event(manifest, "promoted", actor)
             staging = self.root / ".staging" / f"{version}.{os.getpid()}"
             staging.mkdir(parents=True)
             for name, data in (
-                ("model.onnx", model_bytes),
-                ("manifest.json", _json_bytes(manifest)),
+                (contract.MODEL_FILE, model_bytes),
+                (contract.MANIFEST_FILE, contract.encode_manifest(manifest)),
             ):
-                with open(staging / name, "wb") as handle:
-                    handle.write(data)
-                    handle.flush()
-                    os.fsync(handle.fileno())
+                atomic_write_bytes(staging / name, data)  # complete and on disk before the rename
             self.versions.mkdir(parents=True, exist_ok=True)
-            os.rename(staging, self.versions / version)
+            os.rename(staging, self._version_dir(version))
             if promote:
                 self._set_current(version)
         return version
 
     def promote(self, version: str, actor: str = "operator") -> None:
         with self._locked():
-            manifest = self.manifest(version)
-            manifest["status"] = STATUS_PROMOTED
-            manifest["promoted_at"] = now_iso()
-            _event(manifest, "promoted", actor)
+            manifest = _promoted(self.manifest(version), actor)
             self._save_manifest(manifest)
             self._set_current(version)
 
     def rollback(self, actor: str = "operator") -> str:
         with self._locked():
-            current = self.current_version()
-            if current is None:
-                raise RegistryError("nothing to roll back: no current version")
-            target = _rollback_target(self.list_versions(), current)
-            old = self.manifest(current)
-            old["status"] = STATUS_ROLLED_BACK
-            _event(old, "rolled_back", actor, f"current is now {target['version']}")
+            old, target = _rolled_back(self, actor)
             self._save_manifest(old)
-            _event(target, "restored", actor, f"rollback from {current}")
-            target["promoted_at"] = now_iso()
             self._save_manifest(target)
             self._set_current(target["version"])
             return str(target["version"])
@@ -402,7 +470,7 @@ class DirectoryRegistry:
                 # rename first so a reader never sees a half-deleted directory
                 trash = self.root / ".staging" / f"deleted-{version}.{os.getpid()}"
                 trash.parent.mkdir(parents=True, exist_ok=True)
-                os.rename(self.versions / version, trash)
+                os.rename(self._version_dir(version), trash)
                 shutil.rmtree(trash)
             return doomed
 
@@ -410,87 +478,98 @@ class DirectoryRegistry:
 # --- Redis backend ---------------------------------------------------------------------------
 
 
-def redis_onnx_key(version: str) -> str:
-    return f"{REDIS_PREFIX}:{version}:onnx"
-
-
-def redis_manifest_key(version: str) -> str:
-    return f"{REDIS_PREFIX}:{version}:manifest"
-
-
 class RedisRegistry:
+    """The registry in Redis: one server, a Redis Cluster or a Sentinel-watched primary (any
+    URL of ``streamer.core.redis_url``). On a cluster the keys carry a hash tag that puts them
+    in one slot, so the transactions below still run; the announcement is published after the
+    transaction there, since a cluster transaction cannot carry a keyless PUBLISH."""
+
     def __init__(self, url: str) -> None:
         import redis
 
+        from streamer.core.redis_url import RedisMode, parse_redis_url
+        from streamer.io.redis_clients import sync_client
+
         self.url = url
-        self.client = redis.Redis.from_url(url)
+        target = parse_redis_url(url)
+        self.cluster = target.cluster
+        self.keys = contract.redis_keys(target.cluster)
+        self.client: SyncClient = (
+            redis.Redis.from_url(url) if target.mode is RedisMode.SINGLE else sync_client(target)
+        )
 
     def close(self) -> None:
         self.client.close()
 
     def current_version(self) -> str | None:
-        value = self.client.get(REDIS_CURRENT)
+        value = self.client.get(self.keys.current)
         return value.decode() if isinstance(value, bytes) else None
 
     def manifest(self, version: str) -> dict[str, Any]:
-        raw = self.client.get(redis_manifest_key(version))
+        key = self.keys.manifest(version)
+        raw = self.client.get(key)
         if not isinstance(raw, bytes):
             raise RegistryError(f"no version {version!r} in {self.url}")
-        value: dict[str, Any] = json.loads(raw)
-        return value
+        return _decode_manifest(raw, key)
 
     def fetch(self, version: str) -> tuple[bytes, dict[str, Any]]:
-        data, raw = self.client.mget([redis_onnx_key(version), redis_manifest_key(version)])
+        key = self.keys.manifest(version)
+        data, raw = self.client.mget([self.keys.onnx(version), key])
         if not isinstance(data, bytes) or not isinstance(raw, bytes):
             raise RegistryError(f"no version {version!r} in {self.url}")
-        manifest: dict[str, Any] = json.loads(raw)
+        manifest = _decode_manifest(raw, key)
         verify(data, manifest)
         return data, manifest
 
     def list_versions(self) -> list[dict[str, Any]]:
         versions = [
-            v.decode() for v in cast(list[bytes], self.client.zrevrange(REDIS_VERSIONS, 0, -1))
+            v.decode() for v in cast(list[bytes], self.client.zrevrange(self.keys.versions, 0, -1))
         ]
         if not versions:
             return []
-        raws = self.client.mget([redis_manifest_key(v) for v in versions])
-        out = [json.loads(r) for r in raws if isinstance(r, bytes)]
+        keys = [self.keys.manifest(v) for v in versions]
+        raws = self.client.mget(keys)
+        out = [
+            _decode_manifest(r, k) for k, r in zip(keys, raws, strict=True) if isinstance(r, bytes)
+        ]
         return sorted(out, key=lambda m: (_created_ms(m), m["version"]), reverse=True)
-
-    def _event_payload(self, version: str, previous: str | None, event: str) -> str:
-        return json.dumps({"event": event, "version": version, "previous": previous})
 
     def publish(
         self, model_bytes: bytes, manifest: dict[str, Any], promote: bool, actor: str = "gate"
     ) -> str:
         import redis
 
-        version = str(manifest["version"])
+        version = _checked_version(manifest)
         manifest = dict(manifest)
         verify(model_bytes, manifest)
+        manifest_key = self.keys.manifest(version)
         with self.client.pipeline(transaction=True) as pipe:
             try:
-                pipe.watch(REDIS_CURRENT, redis_manifest_key(version))  # type: ignore[no-untyped-call]
-                if pipe.exists(redis_manifest_key(version)):
+                pipe.watch(self.keys.current, manifest_key)
+                if pipe.exists(manifest_key):
                     raise RegistryError(f"version {version} already exists in {self.url}")
-                raw = pipe.get(REDIS_CURRENT)
+                raw = pipe.get(self.keys.current)
                 previous = raw.decode() if isinstance(raw, bytes) else None
                 manifest["parent_version"] = previous
                 _event(manifest, "published", actor)
                 if promote:
                     manifest["status"] = STATUS_PROMOTED
-                    manifest["promoted_at"] = now_iso()
+                    manifest["promoted_at"] = iso_now_micros()
                     _event(manifest, "promoted", actor)
                 pipe.multi()
-                pipe.set(redis_onnx_key(version), model_bytes)
-                pipe.set(redis_manifest_key(version), json.dumps(manifest, sort_keys=True))
-                pipe.zadd(REDIS_VERSIONS, {version: _created_ms(manifest)})
+                pipe.set(self.keys.onnx(version), model_bytes)
+                pipe.set(manifest_key, contract.encode_manifest(manifest))
+                pipe.zadd(self.keys.versions, {version: _created_ms(manifest)})
+                event = contract.encode_event("promoted", version, previous)
                 if promote:
-                    pipe.set(REDIS_CURRENT, version)
-                    pipe.publish(REDIS_EVENTS, self._event_payload(version, previous, "promoted"))
+                    pipe.set(self.keys.current, version)
+                    if not self.cluster:
+                        pipe.publish(contract.EVENTS_CHANNEL, event)
                 pipe.execute()
             except redis.WatchError:
                 raise RegistryError("the registry changed during publish; try again") from None
+        if promote and self.cluster:
+            self.client.publish(contract.EVENTS_CHANNEL, event)
         return version
 
     def _switch(self, version: str, updates: list[dict[str, Any]], event: str) -> None:
@@ -499,38 +578,30 @@ class RedisRegistry:
 
         with self.client.pipeline(transaction=True) as pipe:
             try:
-                pipe.watch(REDIS_CURRENT)  # type: ignore[no-untyped-call]
-                raw = pipe.get(REDIS_CURRENT)
+                pipe.watch(self.keys.current)
+                raw = pipe.get(self.keys.current)
                 previous = raw.decode() if isinstance(raw, bytes) else None
                 pipe.multi()
                 for manifest in updates:
                     pipe.set(
-                        redis_manifest_key(manifest["version"]),
-                        json.dumps(manifest, sort_keys=True),
+                        self.keys.manifest(manifest["version"]),
+                        contract.encode_manifest(manifest),
                     )
-                pipe.set(REDIS_CURRENT, version)
-                pipe.publish(REDIS_EVENTS, self._event_payload(version, previous, event))
+                pipe.set(self.keys.current, version)
+                message = contract.encode_event(event, version, previous)
+                if not self.cluster:
+                    pipe.publish(contract.EVENTS_CHANNEL, message)
                 pipe.execute()
             except redis.WatchError:
                 raise RegistryError("current changed meanwhile; try again") from None
+        if self.cluster:
+            self.client.publish(contract.EVENTS_CHANNEL, message)
 
     def promote(self, version: str, actor: str = "operator") -> None:
-        manifest = self.manifest(version)
-        manifest["status"] = STATUS_PROMOTED
-        manifest["promoted_at"] = now_iso()
-        _event(manifest, "promoted", actor)
-        self._switch(version, [manifest], "promoted")
+        self._switch(version, [_promoted(self.manifest(version), actor)], "promoted")
 
     def rollback(self, actor: str = "operator") -> str:
-        current = self.current_version()
-        if current is None:
-            raise RegistryError("nothing to roll back: no current version")
-        target = _rollback_target(self.list_versions(), current)
-        old = self.manifest(current)
-        old["status"] = STATUS_ROLLED_BACK
-        _event(old, "rolled_back", actor, f"current is now {target['version']}")
-        _event(target, "restored", actor, f"rollback from {current}")
-        target["promoted_at"] = now_iso()
+        old, target = _rolled_back(self, actor)
         self._switch(str(target["version"]), [old, target], "rolled_back")
         return str(target["version"])
 
@@ -539,14 +610,14 @@ class RedisRegistry:
 
         with self.client.pipeline(transaction=True) as pipe:
             try:
-                pipe.watch(REDIS_CURRENT, REDIS_VERSIONS)  # type: ignore[no-untyped-call]
-                raw = pipe.get(REDIS_CURRENT)
+                pipe.watch(self.keys.current, self.keys.versions)
+                raw = pipe.get(self.keys.current)
                 current = raw.decode() if isinstance(raw, bytes) else None
                 doomed = _to_prune(self.list_versions(), current, keep)
                 pipe.multi()
                 for version in doomed:
-                    pipe.delete(redis_onnx_key(version), redis_manifest_key(version))
-                    pipe.zrem(REDIS_VERSIONS, version)
+                    pipe.delete(self.keys.onnx(version), self.keys.manifest(version))
+                    pipe.zrem(self.keys.versions, version)
                 pipe.execute()
             except redis.WatchError:
                 raise RegistryError("the registry changed during prune; try again") from None
@@ -554,7 +625,10 @@ class RedisRegistry:
 
 
 def open_registry(target: str) -> DirectoryRegistry | RedisRegistry:
-    """``redis://host:port/db`` (or ``rediss://``) for Redis, anything else is a directory."""
-    if target.startswith(("redis://", "rediss://", "unix://")):
+    """A Redis URL (``redis://host:port/db``, ``rediss://``, ``redis+cluster://``,
+    ``redis+sentinel://``) for Redis, anything else is a directory."""
+    from streamer.core.redis_url import is_redis_url
+
+    if is_redis_url(target):
         return RedisRegistry(target)
     return DirectoryRegistry(Path(target))

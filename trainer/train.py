@@ -2,6 +2,8 @@
 
 Reproducible by construction: one seed drives torch, the epoch samplers and the validation
 subset, and training uses at most ``threads`` CPU threads (2 by default, the project's budget).
+A contract-2 model is fed the bar time of each origin beside its window, as the streamer feeds
+it.
 """
 
 from __future__ import annotations
@@ -62,6 +64,17 @@ def seed_everything(seed: int, threads: int) -> None:
     torch.set_num_threads(threads)
 
 
+def batch_inputs(
+    config: ModelConfig, pool: Pool, rows: np.ndarray
+) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """Model inputs (``bars``, plus ``bar_time`` for contract 2) and targets in bp of rows."""
+    x, y = pool.batch(rows, config.window, config.horizon)
+    inputs = [torch.from_numpy(x)]
+    if config.contract == 2:
+        inputs.append(torch.from_numpy(pool.bar_time_s(rows)))
+    return inputs, torch.from_numpy((y * BPS).astype(np.float32))
+
+
 def evaluate_loss(
     model: QuantileLSTM, pool: Pool, rows: np.ndarray, batch_size: int = 4096
 ) -> float:
@@ -73,9 +86,9 @@ def evaluate_loss(
     with torch.no_grad():
         for start in range(0, rows.shape[0], batch_size):
             chunk = rows[start : start + batch_size]
-            x, y = pool.batch(chunk, cfg.window, cfg.horizon)
-            pred = model.forward_returns(torch.from_numpy(x)) * BPS
-            loss = pinball_loss(pred, torch.from_numpy((y * BPS).astype(np.float32)), levels)
+            inputs, target = batch_inputs(cfg, pool, chunk)
+            pred = model.forward_returns(*inputs) * BPS
+            loss = pinball_loss(pred, target, levels)
             total += float(loss) * chunk.shape[0]
             count += chunk.shape[0]
     return total / max(count, 1)
@@ -126,9 +139,9 @@ def fit(
             if step >= total_steps:
                 break
             rows = order[b * settings.batch_size : (b + 1) * settings.batch_size]
-            x, y = train.batch(rows, config.window, config.horizon)
-            pred = model.forward_returns(torch.from_numpy(x)) * BPS
-            loss = pinball_loss(pred, torch.from_numpy((y * BPS).astype(np.float32)), levels)
+            inputs, target = batch_inputs(config, train, rows)
+            pred = model.forward_returns(*inputs) * BPS
+            loss = pinball_loss(pred, target, levels)
             optimiser.zero_grad(set_to_none=True)
             loss.backward()  # type: ignore[no-untyped-call]
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

@@ -13,10 +13,12 @@ minute; a symbol can have several open minutes at once.
 
 Bars are a pure function of the accepted trades, never of their arrival order:
 open and close are the trades with the smallest and largest ``(ts_ms, trade_id)`` (exchange trade
-ids grow in execution order, so this is the exchange's own order, also for equal timestamps),
-high and low are max and min, and the volume is ``math.fsum`` of the quantities (an exactly
-rounded sum, so it does not depend on the order of addition either), snapped to the shortest
-decimal within 2 ulps (see ``snap_volume``) so that it equals the exchange's own decimal sum.
+ids grow in execution order, so this is the exchange's own order, also for equal timestamps; a
+venue with text ids, Bybit's UUIDs, gets its trades of one millisecond ordered by the text,
+deterministic but not necessarily the venue's order), high and low are max and min, and the
+volume is ``math.fsum`` of the quantities (an exactly rounded sum, so it does not depend on the
+order of addition either), snapped to the shortest decimal within 2 ulps (see ``snap_volume``)
+so that it equals the exchange's own decimal sum.
 
 Minutes without trades become flat bars (o=h=l=c=previous close, volume 0, 0 trades) once the
 symbol has a previous close (a trade or ``seed``); before that nothing is emitted for it. A clock
@@ -27,9 +29,10 @@ Every trade is accepted or dropped; the counters ``accepted``, ``duplicates``, `
 ``future`` feed the metrics, and ``last_rejected`` holds the latest dropped trade with its
 ``AddOutcome`` so the shell can log a sample once per kind:
 
-* duplicate: a trade id already accepted for the symbol. The id memory is bounded: the ids of
-  the symbol's open minutes, plus the ids of its last ``RECENT_CLOSED_MINUTES`` closed minutes
-  with trades, so that a resend after a reconnect is reported as duplicate rather than late.
+* duplicate: a trade id (an int, or a venue's text id) already accepted for the symbol. The
+  id memory is bounded: the ids of the symbol's open minutes, plus the ids of its last
+  ``RECENT_CLOSED_MINUTES`` closed minutes with trades, so that a resend after a reconnect is
+  reported as duplicate rather than late.
 * late: a trade for a minute that is already closed (for its symbol).
 * future: ``ts_ms`` beyond the latest clock reading plus ``future_tolerance_ms``. It must not
   move the watermark, or a bad exchange clock would close every other symbol's bars early.
@@ -51,8 +54,9 @@ import math
 from collections import deque
 from collections.abc import Callable, Iterable
 from enum import StrEnum
+from typing import Any
 
-from streamer.core.types import MINUTE_MS, Bar, Trade
+from streamer.core.types import MINUTE_MS, Bar, Trade, TradeId
 
 # ids of this many closed minutes (with trades) per symbol are remembered for duplicate checks
 RECENT_CLOSED_MINUTES = 2
@@ -90,6 +94,12 @@ class _Minute:
         "open_ts",
         "qtys",
     )
+
+    # Any, not TradeId: a venue's ids are all of one kind (``streamer.core.types.TradeId``), so
+    # the comparisons below never mix an int with a str, which the type checker cannot know.
+    open_id: Any
+    close_id: Any
+    ids: set[TradeId]
 
     def __init__(self, open_time_ms: int, trade: Trade) -> None:
         price = trade.price
@@ -149,7 +159,7 @@ class _Symbol:
         self.fast_start_ms = _POS
         self.fast_end_ms = _NEG
         self.last_close: float | None = None
-        self.recent_ids: deque[set[int]] = deque(maxlen=RECENT_CLOSED_MINUTES)
+        self.recent_ids: deque[set[TradeId]] = deque(maxlen=RECENT_CLOSED_MINUTES)
         self.has_trades = False
 
 
@@ -392,6 +402,13 @@ class BarAggregator:
         if end_ms < start_ms:
             raise ValueError(f"outage ends before it starts: {start_ms} > {end_ms}")
         self._outages[(start_ms, None if symbols is None else frozenset(symbols))] = end_ms
+
+    def repaired(self, bar: Bar) -> None:
+        """``bar`` replaced a stored one. If it is the symbol's newest closed minute, its close
+        is the price of the flat bars to come (the replaced bar's may have missed trades)."""
+        st = self._symbols.get(bar.symbol)
+        if st is not None and st.closed_before_ms == bar.open_time_ms + MINUTE_MS:
+            st.last_close = bar.close
 
     def seed(self, last_bar: Bar) -> None:
         """Restore a symbol after a restart from its newest stored bar.

@@ -11,6 +11,10 @@ The forecast stays pending until the backfilled, complete bar for that minute ar
 the per-symbol cap on pending forecasts pushes it out (counted in ``evicted_unscored``).
 Each (forecast, horizon) is scored at most once, so a bar seen twice never counts twice.
 
+Each scored (forecast, horizon) can also be handed out as a ``Realised`` (the forecast's row at
+that horizon and the realised close) for the online calibration to learn from: ``observe``
+appends them to the list it is given, repaired bars from before the window included.
+
 Memory is bounded whatever the uptime: scores are summed into time buckets (default 1/24 of the
 window) in a fixed ring per symbol, and a bucket leaves the window as a whole, by exchange time
 (the newest bar open time seen). A figure therefore covers between ``window_ms - bucket_ms`` and
@@ -29,6 +33,8 @@ import msgspec
 import numpy as np
 import numpy.typing as npt
 
+from streamer.core import scoring
+from streamer.core.calibration import Realised
 from streamer.core.types import MINUTE_MS, Bar, Forecast
 
 DAY_MS = 86_400_000
@@ -192,8 +198,11 @@ class OnlineEvaluator:
             self.evicted_unscored_total += 1
         return True
 
-    def observe(self, bar: Bar) -> int:
-        """Score the pending forecasts whose target minute ``bar`` is; returns how many."""
+    def observe(self, bar: Bar, realised: list[Realised] | None = None) -> int:
+        """Score the pending forecasts whose target minute ``bar`` is; returns how many.
+
+        ``realised``: where to append each scored forecast's row and outcome (at the
+        evaluator's levels, ascending), for the calibration."""
         if self._now_ms is None or bar.open_time_ms > self._now_ms:
             self._now_ms = bar.open_time_ms
         pending = self._pending.get(bar.key)
@@ -208,6 +217,18 @@ class OnlineEvaluator:
             if not bar.complete:
                 self.skipped_incomplete_total += 1
                 continue
+            if realised is not None:
+                width = len(self.quantile_levels)
+                realised.append(
+                    Realised(
+                        bar.exchange,
+                        bar.symbol,
+                        h,
+                        origin,
+                        tuple(entry.values[hi * width : (hi + 1) * width]),
+                        bar.close,
+                    )
+                )
             self._score(bar.key, entry, hi, bar.close, bar.open_time_ms)
             scored += 1
             entry.scored |= 1 << hi
@@ -275,10 +296,10 @@ class OnlineEvaluator:
         row = entry.values[hi * n_levels : (hi + 1) * n_levels]
         model_err = abs(actual - row[self._median])
         persistence_err = abs(actual - entry.last_close)
-        covered = 1.0 if row[0] <= actual <= row[-1] else 0.0
+        inside = 1.0 if scoring.covered(actual, row[0], row[-1]) else 0.0
         pinball = (
             math.fsum(
-                max(q * (actual - v), (q - 1.0) * (actual - v))
+                scoring.pinball_loss(actual - v, q)
                 for q, v in zip(self.quantile_levels, row, strict=True)
             )
             / n_levels
@@ -294,7 +315,7 @@ class OnlineEvaluator:
                 1.0,
                 model_err,
                 persistence_err,
-                covered,
+                inside,
                 pinball,
                 model_err * to_bps,
                 persistence_err * to_bps,
@@ -309,10 +330,6 @@ def _figures(horizon: int, sums: npt.NDArray[np.float64], *, per_symbol: bool) -
         return HorizonFigures(horizon, 0, None, None, None, None, None, None, None, None)
     model, pers = float(sums[_MODEL]) / n, float(sums[_PERS]) / n
     model_bps, pers_bps = float(sums[_MODEL_BPS]) / n, float(sums[_PERS_BPS]) / n
-    if per_symbol:
-        skill = 1.0 - model / pers if pers > 0 else None
-    else:
-        skill = 1.0 - model_bps / pers_bps if pers_bps > 0 else None
     return HorizonFigures(
         horizon=horizon,
         n=n,
@@ -322,6 +339,6 @@ def _figures(horizon: int, sums: npt.NDArray[np.float64], *, per_symbol: bool) -
         model_mae_bps=model_bps,
         persistence_mae_bps=pers_bps,
         pinball_bps=float(sums[_PINBALL_BPS]) / n,
-        skill=skill,
+        skill=scoring.skill(model, pers) if per_symbol else scoring.skill(model_bps, pers_bps),
         coverage=float(sums[_COVERED]) / n,
     )

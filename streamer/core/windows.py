@@ -134,6 +134,23 @@ class Windows:
                 s = series[bar.key] = Series(self.cap)
             s.add(bar)
 
+    def apply_repair(self, bars: Sequence[Bar]) -> list[Bar]:
+        """Add backfilled bars, and re-price the flat bars (no trade) that follow a repaired
+        one: a flat bar is the close before it carried on, so one that carried on a close the
+        repair changed was wrong too. Returns those re-priced flat bars, to be stored as well."""
+        self.apply(bars)
+        newest: dict[Key, int] = {}
+        for bar in bars:
+            newest[bar.key] = max(newest.get(bar.key, bar.open_time_ms), bar.open_time_ms)
+        repriced: list[Bar] = []
+        for key, minute in newest.items():
+            s = self._series[key]
+            i = s.start + int(np.searchsorted(s.times[s.start : s.n], minute))
+            repriced += _carry_close_on(s, key, i)
+        if repriced:
+            self.apply(repriced)
+        return repriced
+
     def series(self, key: Key) -> Series | None:
         return self._series.get(key)
 
@@ -142,6 +159,14 @@ class Windows:
         if s is None or not len(s):
             return None
         return s.bar(key[0], key[1], s.n - 1)
+
+    def before(self, key: Key, open_time_ms: int) -> Bar | None:
+        """The newest bar held that opens before ``open_time_ms``."""
+        s = self._series.get(key)
+        if s is None:
+            return None
+        i = s.start + int(np.searchsorted(s.times[s.start : s.n], open_time_ms)) - 1
+        return s.bar(key[0], key[1], i) if i >= s.start else None
 
     def last_open_time(self, key: Key) -> int | None:
         """Open time of the newest bar held (``last`` without building the ``Bar``)."""
@@ -177,3 +202,21 @@ class Windows:
 
     def __len__(self) -> int:
         return len(self._series)
+
+
+def _carry_close_on(s: Series, key: Key, i: int) -> list[Bar]:
+    """The flat bars right after row ``i`` whose price is not row ``i``'s close (the next
+    consecutive minutes without a trade), re-priced at it."""
+    close = float(s.values[i, CLOSE])
+    out: list[Bar] = []
+    minute = int(s.times[i])
+    for j in range(i + 1, s.n):
+        minute += MINUTE_MS
+        o, h, lo, c, v, trades = s.values[j].tolist()
+        if int(s.times[j]) != minute or trades or v or not o == h == lo == c:
+            break  # a gap in the window, or a minute that traded: its own prices
+        if c == close:
+            break  # already carries the close on
+        flat = Bar(key[0], key[1], minute, close, close, close, close, 0.0, 0, bool(s.complete[j]))
+        out.append(flat)
+    return out

@@ -1,11 +1,17 @@
-"""Exchange WebSocket feed: connect, subscribe, shuttle frames into the pure parser and aggregator.
+"""Exchange WebSocket feed: connect, subscribe, shuttle frames into the pure parser, aggregator
+and outage tracker.
 
 One ``Feed`` per exchange owns one task per connection (streams are split by the exchange's
-per-connection limit) plus a stale-feed watchdog. Each connection reconnects on its own with a
-capped, jittered backoff that resets once a connection delivers data; new attempts across the
-feed are spaced by the exchange's connection-rate limit; connections are rotated before the
-exchange's own cut (Binance: 24 h). Every disconnect is reported as a gap so that the minutes it
-overlaps come out incomplete and are backfilled over REST.
+per-connection limit) plus a stale-feed watchdog. The shell only moves frames and time: what a
+lost connection means for the bars (an outage marked on the aggregator, a gap for REST repair)
+is decided by the pure ``OutageTracker`` (``streamer.core.gaps``), which the shell tells when a
+connection is lost, when a new one delivers its first frame and when the bar clock ticks.
+
+Each connection reconnects on its own. Every failure is transient to a feed (exchanges come
+back; the URL was checked at start-up), so it never gives up: delays come from a
+``RetryPolicy`` with no attempt limit (capped, jittered, reset once a connection delivers).
+New attempts across the feed are spaced by the exchange's connection-rate limit; connections
+are rotated before the exchange's own cut (Binance: 24 h), reconnecting without a delay.
 """
 
 from __future__ import annotations
@@ -21,28 +27,46 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI, PayloadTooBig
 from websockets.frames import CloseCode
 
-from streamer.core.backoff import Backoff
 from streamer.core.bars import BarAggregator
+from streamer.core.clock import Clock
 from streamer.core.exchanges import ConnectionPlan, Exchange, FrameError
-from streamer.core.types import MINUTE_MS, Bar, Trade, floor_minute
+from streamer.core.exchanges.base import TradeIdMark
+from streamer.core.gaps import Gap, OutageTracker, TradeIdContinuity
+from streamer.core.retry import Backoff, RetryPolicy, Transient
+from streamer.core.types import Bar, Trade
+from streamer.io.feed_websocket import abort
 from streamer.io.metrics import FeedStats
+from streamer.io.waits import wait_event
 
 log = logging.getLogger(__name__)
 
-Clock = Callable[[], int]
+# spacing of a connection's subscribe messages where the venue states no message limit
 SUBSCRIBE_SPACING_S = 0.25
-# the end of an outage that is still going on: every minute from its start is suspect
-OPEN_OUTAGE_END_MS = 2**62
+# every message a client sends counts against a venue's message limit (Binance: 5 a second,
+# pings and pongs included, else it closes with 1008): room is left in every second for one
+# keepalive ping and one pong to the venue's ping
+KEEPALIVE_MESSAGES_PER_S = 2
 
 
-@dataclass(frozen=True, slots=True)
-class Gap:
-    """A stretch of exchange time when a connection received nothing; its bars need backfill."""
+def subscribe_spacing_s(exchange: Exchange) -> float:
+    """The pause between two subscribe messages on one connection."""
+    limit: int | None = getattr(exchange, "max_client_messages_per_s", None)
+    if limit is None:
+        return SUBSCRIBE_SPACING_S
+    return 1.0 / max(limit - KEEPALIVE_MESSAGES_PER_S, 1)
 
-    exchange: str
-    symbols: tuple[str, ...]
-    start_ms: int
-    end_ms: int
+
+# causes of a planned replacement (make-before-break): the next connection opens at once
+PLANNED_CAUSES = frozenset({"rotate", "server_shutdown"})
+# what ends a connection or fails an attempt, and is retried: see ``disconnect_cause``
+CONNECTION_ERRORS = (
+    PayloadTooBig,
+    ConnectionClosed,
+    OSError,
+    TimeoutError,
+    InvalidHandshake,
+    InvalidURI,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,17 +81,70 @@ class FeedOptions:
     close_timeout_s: float = 2.0
 
 
+def disconnect_cause(exc: BaseException, stale: bool) -> str:
+    """Why a connection ended or an attempt failed (one of ``CONNECTION_ERRORS``), as the
+    ``reconnects`` label. ``stale``: the watchdog aborted the connection."""
+    if isinstance(exc, PayloadTooBig):
+        return "frame_too_large"
+    if isinstance(exc, ConnectionClosed):
+        if exc.sent is not None and exc.sent.code == CloseCode.MESSAGE_TOO_BIG:
+            return "frame_too_large"  # websockets refused the frame and closed
+        return "stale" if stale else "closed"
+    return "connect_failed"
+
+
 class _Connection:
-    """State of one live WebSocket connection, shared with the watchdog."""
+    """State of one live WebSocket connection, shared with the watchdog and its successor."""
 
-    __slots__ = ("last_clock_ms", "last_message", "opened_at", "stale", "ws")
+    __slots__ = (
+        "delivered",
+        "last_clock_ms",
+        "last_message",
+        "opened_at",
+        "plan",
+        "released",
+        "stale",
+        "successor_reason",
+        "successor_wanted",
+        "ws",
+    )
 
-    def __init__(self, ws: ClientConnection, clock_ms: int) -> None:
+    def __init__(
+        self,
+        ws: ClientConnection,
+        plan: int,
+        clock_ms: int | None,
+        successor_wanted: asyncio.Event,
+    ) -> None:
         self.ws = ws
+        self.plan = plan
         self.opened_at = time.monotonic()
         self.last_message = self.opened_at
-        self.last_clock_ms = clock_ms  # injected-clock time of the last frame: where a gap starts
+        # the clock reading at the last frame (None: watermark clock): where a gap starts
+        self.last_clock_ms = clock_ms
         self.stale = False
+        self.delivered = False  # its first frame came: the exchange took the subscription
+        # make-before-break: set when this connection should be replaced (rotation, the
+        # exchange's shutdown notice); ``released`` once the successor delivers
+        self.successor_wanted = successor_wanted
+        self.successor_reason = ""
+        self.released = asyncio.Event()
+
+    def want_successor(self, reason: str) -> None:
+        if not self.successor_wanted.is_set():
+            self.successor_reason = reason
+            self.successor_wanted.set()
+
+
+class _Attempt:
+    """One connection attempt of a plan, as its supervisor sees it: the connection once open,
+    and the event its connection sets when it wants a successor."""
+
+    __slots__ = ("conn", "successor_wanted")
+
+    def __init__(self) -> None:
+        self.conn: _Connection | None = None
+        self.successor_wanted = asyncio.Event()
 
 
 class Feed:
@@ -86,45 +163,52 @@ class Feed:
         options: FeedOptions | None = None,
         gap_start_ms: int | None = None,
     ) -> None:
+        """``gap_start_ms``: every connection is in a gap from there until it delivers (the
+        start-up minute began before we connected)."""
         self.exchange = exchange
         self.symbols = frozenset(symbols)
         self.plans = exchange.connections(ws_url, symbols, channels)
         self.aggregator = aggregator
         self.stats = stats
         self._clock = clock
+        # the clock's reading per frame, for the lag histogram (None: the watermark clock)
+        self._read_clock = clock.read if clock.has_reading else None
         self._on_bars = on_bars
         self._on_gap = on_gap
         self._on_kline = on_kline
         self.options = options or FeedOptions()
-        self._live: dict[int, _Connection] = {}
+        # no max_attempts: a feed never gives up
+        self._retry = RetryPolicy(self.options.reconnect_initial_s, self.options.reconnect_max_s)
+        self._tracker = OutageTracker(
+            exchange.name,
+            [plan.symbols for plan in self.plans],
+            clock.mode,
+            aggregator.grace_ms,
+            gap_start_ms,
+        )
+        self._live: set[_Connection] = set()
+        self._continuity = (
+            TradeIdContinuity() if getattr(exchange, "sequential_trade_ids", False) else None
+        )
         self._next_connect_at = 0.0
         self._connect_lock = asyncio.Lock()
         self._logged_reasons: set[str] = set()
         self._stopping = asyncio.Event()
-        # per plan: exchange time since which it has received nothing (None = not in a gap)
-        self._gap_start: dict[int, int | None] = {i: gap_start_ms for i in range(len(self.plans))}
-        # Watermark clock only (no clock reading; exchange time is known from trades alone):
-        # plans reconnected but waiting for a trade to date their outage's end (the watermark
-        # at the reconnect), and gaps held back until the aggregator has closed their minutes.
-        self._closing: dict[int, int] = {}
-        self._unreleased: list[Gap] = []
 
     def stop(self) -> None:
         """Ask every connection to close; ``run`` returns once they have."""
         self._stopping.set()
-        for conn in self._live.values():
-            _abort(conn.ws)
+        for conn in self._live:
+            abort(conn.ws)
 
     @property
     def connected(self) -> bool:
-        return len(self._live) == len(self.plans)
+        return len({conn.plan for conn in self._live}) == len(self.plans)
 
     async def run(self) -> None:
         # an outage known up front (the start-up minute) is open until a connection delivers:
         # minutes the clock closes before then must come out incomplete
-        for index, start in self._gap_start.items():
-            if start is not None:
-                self.aggregator.mark_outage(start, OPEN_OUTAGE_END_MS, self.plans[index].symbols)
+        self._carry_out()
         async with asyncio.TaskGroup() as tg:
             for i, plan in enumerate(self.plans):
                 tg.create_task(self._run_connection(i, plan), name=f"feed-{self.exchange.name}-{i}")
@@ -132,24 +216,50 @@ class Feed:
 
     # ---- the hot path -------------------------------------------------------------------------
 
-    def handle_frame(self, raw: bytes | str) -> None:
-        """Parse one frame and feed its trades to the aggregator. Never raises on bad input."""
+    def handle_frame(self, raw: bytes | str) -> bool:
+        """Parse one frame and feed its trades to the aggregator. Never raises on bad input.
+        True when the exchange asks for a new connection (a ``Reconnect`` notice)."""
         try:
             events = self.exchange.parse(raw)
         except FrameError as exc:
             self._reject(exc.reason, exc.detail or str(raw)[:200])
-            return
+            return False
         symbols = self.symbols
+        continuity = self._continuity
+        reconnect = False
+        newest_ms = 0
         for event in events:
             if type(event) is Trade:
                 if event.symbol not in symbols:
                     self.stats.dropped["unknown_symbol"] += 1
                     continue
+                if event.ts_ms > newest_ms:
+                    newest_ms = event.ts_ms
+                if continuity is not None:
+                    missed = continuity.trade(event.symbol, event.trade_id, event.ts_ms)
+                    if missed is not None:
+                        self._missed(event.symbol, missed)
                 closed = self.aggregator.add(event)
                 if closed:
                     self._emit(closed)
-            elif isinstance(event, Bar) and self._on_kline is not None and event.symbol in symbols:
-                self._on_kline(event)
+            elif isinstance(event, Bar):
+                if self._on_kline is not None and event.symbol in symbols:
+                    self._on_kline(event)
+            elif type(event) is TradeIdMark:
+                if continuity is not None and event.symbol in symbols:
+                    missed = continuity.mark(event.symbol, event.last_trade_id, event.ts_ms)
+                    if missed is not None:
+                        self._missed(event.symbol, missed)
+            else:
+                reconnect = True  # a Reconnect notice
+        if newest_ms and self._read_clock is not None:
+            self.stats.observe_lag((self._read_clock() - newest_ms) / 1000)
+        return reconnect
+
+    def _missed(self, symbol: str, stretch: tuple[int, int]) -> None:
+        """Trades of ``symbol`` never arrived in ``stretch`` (a trade-id jump): repair it."""
+        self._tracker.missed(symbol, *stretch)
+        self._carry_out()
 
     def _reject(self, reason: str, sample: str) -> None:
         self.stats.rejected[reason] += 1
@@ -169,34 +279,38 @@ class Feed:
         self._on_bars(bars)
 
     def on_clock(self) -> None:
-        """Close minutes by the injected clock (quiet markets) and refresh the hot-path counts."""
-        now = self._clock()
-        if now > 0:
-            closed = self.aggregator.on_clock(now)
+        """Close minutes by the clock (quiet markets), hand the tracker the tick and the
+        aggregator's suspects, and refresh the hot-path counts."""
+        agg = self.aggregator
+        now = self._clock.now()
+        if now is not None:
+            closed = agg.on_clock(now)
             if closed:
                 self._emit(closed)
-        agg = self.aggregator
-        if now <= 0 and (self._closing or self._unreleased):
-            self._watermark_gaps()
+        tracker = self._tracker
+        tracker.tick(agg.watermark_ms, agg.closed_before_ms)
         suspects = agg.take_suspects()
         if suspects is not None:
-            # closed minutes whose bars lack a late or future trade: re-fetch them over REST,
-            # whose bars hold every trade, like the minutes of an outage
-            first, last, symbols = suspects
-            self._on_gap(Gap(self.exchange.name, tuple(sorted(symbols)), first, last))
+            tracker.suspects(*suspects)
+        self._carry_out()
         self.stats.trades = agg.accepted
         self.stats.dropped["late"] = agg.late
         self.stats.dropped["duplicate"] = agg.duplicates
         self.stats.dropped["future"] = agg.future
         self.stats.repairs_dropped = agg.suspects_dropped
 
+    def _carry_out(self) -> None:
+        """Do what the tracker decided: mark its outages, then hand out its gaps."""
+        for outage in self._tracker.take_outages():
+            self.aggregator.mark_outage(outage.start_ms, outage.end_ms, outage.symbols)
+        for gap in self._tracker.take_gaps():
+            self._on_gap(gap)
+
     # ---- connections --------------------------------------------------------------------------
 
     async def _stopped_within(self, seconds: float) -> bool:
         """Sleep ``seconds`` unless ``stop()`` comes first; True once stopping."""
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._stopping.wait(), seconds)
-        return self._stopping.is_set()
+        return await wait_event(self._stopping, seconds)
 
     async def _wait_connect_slot(self) -> bool:
         """Space connection attempts across the whole feed by the exchange's rate limit.
@@ -210,187 +324,200 @@ class Feed:
         return not self._stopping.is_set()
 
     async def _run_connection(self, index: int, plan: ConnectionPlan) -> None:
+        """Keep one connection of ``plan`` delivering, reconnecting with the retry policy's
+        delays. A connection due for rotation or told by the exchange that it will go
+        (``serverShutdown``) is replaced make-before-break: the next one opens while it still
+        delivers, and it closes once the next one delivers, so nothing is missed and no gap
+        opens (trades that both deliver are dropped as duplicates by trade id)."""
+        backoff = self._retry.backoff()
+        predecessor: _Connection | None = None
+        async with asyncio.TaskGroup() as sessions:
+            while await self._wait_connect_slot():
+                if predecessor is not None and predecessor not in self._live:
+                    predecessor = None  # it ended before a successor delivered
+                attempt = _Attempt()
+                session = sessions.create_task(
+                    self._session(index, plan, backoff, attempt, predecessor),
+                    name=f"feed-{self.exchange.name}-{index}",
+                )
+                if await self._until_ended_or_successor_wanted(session, attempt.successor_wanted):
+                    predecessor = attempt.conn  # it keeps delivering while the next one opens
+                    continue
+                cause = session.result()
+                if self._stopping.is_set():
+                    return
+                delay = self._reconnect_delay(cause, backoff)
+                if delay and await self._stopped_within(delay):
+                    return
+
+    @staticmethod
+    async def _until_ended_or_successor_wanted(
+        session: asyncio.Task[str], successor_wanted: asyncio.Event
+    ) -> bool:
+        """Wait for ``session`` to end; True as soon as its connection wants a successor."""
+        wanted = asyncio.ensure_future(successor_wanted.wait())
+        try:
+            await asyncio.wait((session, wanted), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            wanted.cancel()
+        return successor_wanted.is_set() and not session.done()
+
+    async def _session(
+        self,
+        index: int,
+        plan: ConnectionPlan,
+        backoff: Backoff,
+        attempt: _Attempt,
+        predecessor: _Connection | None,
+    ) -> str:
+        """One connection's life: connect, subscribe, pump frames until it ends; returns the
+        cause, which ``reconnects`` counts. Once it delivers, ``predecessor`` is released."""
         opts = self.options
-        backoff = Backoff(opts.reconnect_initial_s, opts.reconnect_max_s)
         name = self.exchange.name
-        while await self._wait_connect_slot():
-            cause = "error"
-            conn: _Connection | None = None
-            try:
-                async with connect(
-                    plan.url,
-                    max_size=opts.max_frame_bytes,
-                    open_timeout=opts.open_timeout_s,
-                    ping_interval=opts.ping_interval_s,
-                    ping_timeout=opts.ping_interval_s,
-                    close_timeout=opts.close_timeout_s,
-                    compression=None,
-                    max_queue=64,
-                ) as ws:
-                    conn = _Connection(ws, self._clock())
-                    if self._stopping.is_set():  # stop() came while we were connecting
-                        _abort(ws)
-                        return
-                    self._live[index] = conn
-                    self.stats.connections_open += 1
-                    try:
-                        for n, message in enumerate(plan.subscribe):
-                            if n:  # Binance takes at most 5 incoming messages/s per connection
-                                await asyncio.sleep(SUBSCRIBE_SPACING_S)
-                            await ws.send(message)
-                        log.info("feed connected", extra={"exchange": name, "connection": index})
-                        cause = await self._receive(index, conn, backoff)
-                        if cause == "rotate":
-                            await self._close_draining(conn)
-                    finally:
-                        self._live.pop(index, None)
-                        self.stats.connections_open -= 1
-            except PayloadTooBig:
-                cause = "frame_too_large"
-            except ConnectionClosed as exc:
-                if exc.sent is not None and exc.sent.code == CloseCode.MESSAGE_TOO_BIG:
-                    cause = "frame_too_large"  # websockets refused the frame and closed
-                elif conn is not None and conn.stale:
-                    cause = "stale"
-                else:
-                    cause = "closed"
-            except (OSError, TimeoutError, InvalidHandshake, InvalidURI) as exc:
-                cause = "connect_failed"
+        conn: _Connection | None = None
+        try:
+            async with connect(
+                plan.url,
+                max_size=opts.max_frame_bytes,
+                open_timeout=opts.open_timeout_s,
+                ping_interval=opts.ping_interval_s,
+                ping_timeout=opts.ping_interval_s,
+                close_timeout=opts.close_timeout_s,
+                compression=None,
+                max_queue=64,
+            ) as ws:
+                conn = _Connection(ws, index, self._clock.now(), attempt.successor_wanted)
+                attempt.conn = conn
+                if self._stopping.is_set():  # stop() came while we were connecting
+                    abort(ws)
+                    return "stopped"
+                self._live.add(conn)
+                self.stats.connections_open += 1
+                closer = asyncio.create_task(self._close_once_released(conn))
+                keepalive = asyncio.create_task(self._keepalive(conn))
+                # subscribed while receiving: the paced messages of a large plan take seconds,
+                # and frames unread meanwhile would reach the aggregator late
+                subscriber = asyncio.create_task(self._subscribe(conn, plan))
+                try:
+                    log.info("feed connected", extra={"exchange": name, "connection": index})
+                    cause = await self._receive(conn, backoff, predecessor, subscriber)
+                finally:
+                    subscriber.cancel()
+                    closer.cancel()
+                    keepalive.cancel()
+                    self._live.discard(conn)
+                    self.stats.connections_open -= 1
+        except CONNECTION_ERRORS as exc:
+            cause = disconnect_cause(exc, conn is not None and conn.stale)
+            if cause == "connect_failed":
                 log.warning(
                     "feed connect failed",
                     extra={"exchange": name, "connection": index, "error": repr(exc)[:200]},
                 )
-            if self._stopping.is_set():
-                return
-            if cause == "frame_too_large":
-                self._reject("frame_too_large", f"> {opts.max_frame_bytes} bytes")
-            if conn is not None:
-                self._open_gap(index, conn)
-            self.stats.reconnects[cause] += 1
-            delay = 0.0 if cause == "rotate" else backoff.next_delay()
-            log.warning(
-                "feed disconnected",
-                extra={"exchange": name, "connection": index, "cause": cause, "retry_in_s": delay},
-            )
-            if delay and await self._stopped_within(delay):
-                return
+        if conn is not None and conn.released.is_set():
+            cause = conn.successor_reason  # replaced by a delivering successor: no gap
+        if self._stopping.is_set():
+            return "stopped"
+        if cause == "frame_too_large":
+            self._reject("frame_too_large", f"> {opts.max_frame_bytes} bytes")
+        if conn is not None and not conn.released.is_set() and not self._plan_delivering(index):
+            self._tracker.connection_lost(index, conn.last_clock_ms, self.aggregator.watermark_ms)
+            self._carry_out()
+            if self._continuity is not None:
+                self._continuity.forget(plan.symbols)
+        self.stats.reconnects[cause] += 1
+        log.warning(
+            "feed disconnected",
+            extra={"exchange": name, "connection": index, "cause": cause},
+        )
+        return cause
 
-    async def _receive(self, index: int, conn: _Connection, backoff: Backoff) -> str:
-        """Pump frames until the connection ends; returns why it ended."""
+    def _plan_delivering(self, index: int) -> bool:
+        """Another connection of plan ``index`` is live and delivering."""
+        return any(c.plan == index and c.delivered for c in self._live)
+
+    def _reconnect_delay(self, cause: str, backoff: Backoff) -> float:
+        """No delay after a planned replacement (nothing failed), else the retry policy's.
+        Every cause is transient and the policy has no attempt limit: the feed never gives up."""
+        if cause in PLANNED_CAUSES:
+            return 0.0
+        return self._retry.decide(Transient(cause), backoff).delay_s
+
+    async def _receive(
+        self,
+        conn: _Connection,
+        backoff: Backoff,
+        predecessor: _Connection | None,
+        subscriber: asyncio.Task[None],
+    ) -> str:
+        """Pump frames until the connection ends; returns why it ended. The connection
+        delivers from the first frame after its last subscribe message went out."""
         max_age = self.exchange.max_connection_age_s
         rotate_after = None if max_age is None else max(max_age - self.options.rotate_margin_s, 1.0)
-        first = True
         handle = self.handle_frame
-        clock = self._clock
+        read = self._clock.read if self._clock.has_reading else None
         async for raw in conn.ws:
             now = time.monotonic()
             conn.last_message = now
-            conn.last_clock_ms = clock()
+            if read is not None:
+                conn.last_clock_ms = read()
             self.stats.last_message_monotonic = now
-            if first:
+            if not conn.delivered and subscriber.done():
                 # The first reply comes after the exchange has taken our subscription (Binance:
                 # its ack), so from here on trades flow and the outage ends now, even if a quiet
                 # market sends nothing for a while. A connection that delivers is a success:
-                # the backoff starts afresh.
-                first = False
+                # the backoff starts afresh, and the connection it replaces may go.
+                conn.delivered = True
                 backoff.reset()
-                self._close_gap(index)
-            handle(raw)
+                self._tracker.first_frame(
+                    conn.plan, conn.last_clock_ms, self.aggregator.watermark_ms
+                )
+                self._carry_out()
+                if predecessor is not None:
+                    predecessor.released.set()
+            if handle(raw):
+                conn.want_successor("server_shutdown")
             if rotate_after is not None and now - conn.opened_at > rotate_after:
-                return "rotate"
+                conn.want_successor("rotate")
         return "stale" if conn.stale else "closed"
 
-    async def _close_draining(self, conn: _Connection) -> None:
-        """Close gracefully while still aggregating what was sent before our close frame.
+    async def _subscribe(self, conn: _Connection, plan: ConnectionPlan) -> None:
+        """Send the plan's subscribe messages, paced within the venue's message limit."""
+        spacing = subscribe_spacing_s(self.exchange)
+        with contextlib.suppress(ConnectionClosed):  # the receive loop sees the end too
+            for n, message in enumerate(plan.subscribe):
+                if n:
+                    await asyncio.sleep(spacing)
+                await conn.ws.send(message)
 
-        Reading on matters: once ``max_queue`` frames sit unread, websockets stops reading the
-        socket, never sees the exchange's close frame and waits out the whole close timeout
-        (under load, every rotation would stall the feed that long)."""
-        ws = conn.ws
-        async with asyncio.TaskGroup() as tg:
-            tg.create_task(ws.close(), name=f"feed-{self.exchange.name}-close")
-            with contextlib.suppress(ConnectionClosed):
-                async for raw in ws:
-                    conn.last_clock_ms = self._clock()
-                    self.handle_frame(raw)
-
-    def _open_gap(self, index: int, conn: _Connection) -> None:
-        """A connection ended: from its last frame on, this plan's symbols may miss trades.
-
-        The gap starts ``grace_ms`` before the clock reading at the last frame: trades still in
-        flight then (exchange time behind the clock by up to the grace, which is what the grace
-        allows for) are lost, and the minutes they belong to must not come out complete. The
-        outage stays open until a new connection delivers, so that minutes the clock closes
-        meanwhile are incomplete too. On the watermark clock the newest trade seen stands in for
-        the clock reading."""
-        self._closing.pop(index, None)  # down again before a trade dated the last reconnect
-        if self._gap_start[index] is not None:
-            return  # already in a gap: nothing arrived since
-        last = conn.last_clock_ms if conn.last_clock_ms > 0 else self.aggregator.watermark_ms
-        if last is None or last <= 0:
-            return  # no trade yet, nothing to date it by
-        start = max(last - self.aggregator.grace_ms, 0)
-        self._gap_start[index] = start
-        self.aggregator.mark_outage(start, OPEN_OUTAGE_END_MS, self.plans[index].symbols)
-
-    def _close_gap(self, index: int) -> None:
-        start = self._gap_start[index]
-        if start is None:
+    async def _keepalive(self, conn: _Connection) -> None:
+        """Send the venue's application-level ping (OKX ``ping``, Bybit ``{"op":"ping"}``) at
+        its interval: those venues drop a connection that stays quiet, whatever WebSocket
+        pings it gets."""
+        message: str | None = getattr(self.exchange, "keepalive_message", None)
+        if message is None:
             return
-        end = self._clock()
-        if end <= 0:
-            # watermark clock: "now" is the time of the first trade after this reconnect, which
-            # _watermark_gaps finds; till then the outage stays open
-            self._closing[index] = self.aggregator.watermark_ms or 0
-            return
-        self._gap_start[index] = None
-        self._end_gap(index, start, end)
+        interval: float = getattr(self.exchange, "keepalive_interval_s", 20.0)
+        with contextlib.suppress(ConnectionClosed):
+            while True:
+                await asyncio.sleep(interval)
+                await conn.ws.send(message)
 
-    def _end_gap(self, index: int, start: int, end: int) -> None:
-        end = max(end, start)
-        self.aggregator.mark_outage(start, end, self.plans[index].symbols)
-        gap = Gap(self.exchange.name, self.plans[index].symbols, start, end)
-        if self._clock() > 0:
-            self._on_gap(gap)  # the app waits for its minutes to close by the clock
-        else:
-            self._unreleased.append(gap)
-
-    def _watermark_gaps(self) -> None:
-        """Watermark clock: end the outages of reconnected plans once a trade has come, and
-        report gaps once the aggregator has closed their last minute, so that the REST bars of
-        every minute of the gap exist when they are fetched (nothing waits on a clock)."""
-        watermark = self.aggregator.watermark_ms
-        if watermark is not None:
-            for index, seen in list(self._closing.items()):
-                start = self._gap_start[index]
-                if watermark > seen and start is not None:
-                    del self._closing[index]
-                    self._gap_start[index] = None
-                    self._end_gap(index, start, watermark)
-        closed = self.aggregator.closed_before_ms
-        if closed is None or not self._unreleased:
-            return
-        due = [g for g in self._unreleased if floor_minute(g.end_ms) + MINUTE_MS <= closed]
-        if due:
-            self._unreleased = [g for g in self._unreleased if g not in due]
-            for gap in due:
-                self._on_gap(gap)
+    async def _close_once_released(self, conn: _Connection) -> None:
+        """Close ``conn`` gracefully once its successor delivers. Its receive loop reads on
+        meanwhile, aggregating what was sent before our close frame: once ``max_queue`` frames
+        sit unread, websockets stops reading the socket, never sees the exchange's close frame
+        and waits out the whole close timeout (under load, every rotation would stall)."""
+        await conn.released.wait()
+        await conn.ws.close()
 
     async def _watchdog(self) -> None:
         """Force a reconnect of any connection silent for longer than ``stale_after_s``."""
         interval = min(self.options.stale_after_s / 4, 1.0)
-        while not self._stopping.is_set():
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stopping.wait(), interval)
+        while not await self._stopped_within(interval):
             now = time.monotonic()
-            for conn in list(self._live.values()):
+            for conn in list(self._live):
                 if not conn.stale and now - conn.last_message > self.options.stale_after_s:
                     conn.stale = True
                     log.warning("feed stale, reconnecting", extra={"exchange": self.exchange.name})
-                    _abort(conn.ws)
-
-
-def _abort(ws: ClientConnection) -> None:
-    """Drop the TCP connection at once: the receive loop ends with ``ConnectionClosedError``."""
-    if ws.transport is not None:
-        ws.transport.abort()
+                    abort(conn.ws)

@@ -4,12 +4,16 @@ Hot-path counts (trades, drops, rejects) are plain ints owned by the feeds and r
 time by a collector: a prometheus ``Counter.inc()`` takes a lock and costs more per trade than
 the aggregation itself. Everything else uses ordinary prometheus-client metrics. Each
 ``Metrics`` has its own registry so several streamers can run in one process (tests, the demo).
+Every metric and family takes its name, help, labels and kind from the catalogue
+(``streamer.core.contracts.metrics``) through ``counter``/``gauge``/``histogram``/``family``.
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
 import time
+from bisect import bisect_left
 from collections import Counter as TallyCounter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -17,12 +21,24 @@ from typing import Protocol
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector
+
+from streamer.core.contracts import metrics as catalogue
+from streamer.core.contracts.metrics import Kind
 
 log = logging.getLogger(__name__)
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+
+
+# exchange-to-receipt lag buckets, seconds: a healthy feed sits in the first few
+LAG_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
 
 @dataclass(slots=True)
@@ -40,6 +56,21 @@ class FeedStats:
     bars_incomplete: int = 0
     # minutes lacking a late/future trade that could not be queued for a REST repair
     repairs_dropped: int = 0
+    # exchange-to-receipt lag of each frame's newest trade: counts per LAG_BUCKETS bound (the
+    # last one: above every bound), and their sum in seconds
+    lag_counts: list[int] = field(default_factory=lambda: [0] * (len(LAG_BUCKETS) + 1))
+    lag_sum_s: float = 0.0
+
+    def observe_lag(self, seconds: float) -> None:
+        self.lag_counts[bisect_left(LAG_BUCKETS, seconds)] += 1
+        self.lag_sum_s += seconds
+
+    def lag_family(self, metric: HistogramMetricFamily) -> None:
+        """Add this feed's lag histogram, in Prometheus' cumulative form, to ``metric``."""
+        cumulative = list(itertools.accumulate(self.lag_counts))
+        buckets = [(str(b), n) for b, n in zip(LAG_BUCKETS, cumulative, strict=False)]
+        buckets.append(("+Inf", cumulative[-1]))
+        metric.add_metric([self.exchange], buckets, self.lag_sum_s)
 
 
 class WriterStats(Protocol):
@@ -55,45 +86,61 @@ class WriterStats(Protocol):
     def connected(self) -> bool: ...
 
 
+Family = CounterMetricFamily | GaugeMetricFamily
+
+
+def family(metric: catalogue.Metric, value: float | None = None) -> Family:
+    """A scrape-time family named, documented and labelled by its catalogue entry; ``value``
+    for an unlabelled one that has a single sample."""
+    labels = list(metric.labels) if metric.labels else None
+    if metric.kind is Kind.COUNTER:
+        return CounterMetricFamily(metric.name, metric.help, value=value, labels=labels)
+    if metric.kind is Kind.GAUGE:
+        return GaugeMetricFamily(metric.name, metric.help, value=value, labels=labels)
+    raise ValueError(f"{metric.name}: no scrape-time family for a {metric.kind}")
+
+
+def _expect(metric: catalogue.Metric, kind: Kind) -> None:
+    """Built as another kind, a metric would be exposed with a type its definition does not say."""
+    if metric.kind is not kind:
+        raise ValueError(f"{metric.name} is a {metric.kind} in the catalogue, not a {kind}")
+
+
+def counter(metric: catalogue.Metric, registry: CollectorRegistry) -> Counter:
+    _expect(metric, Kind.COUNTER)
+    return Counter(metric.name, metric.help, metric.labels, registry=registry)
+
+
+def gauge(metric: catalogue.Metric, registry: CollectorRegistry) -> Gauge:
+    _expect(metric, Kind.GAUGE)
+    return Gauge(metric.name, metric.help, metric.labels, registry=registry)
+
+
+def histogram(
+    metric: catalogue.Metric,
+    registry: CollectorRegistry,
+    buckets: tuple[float, ...] = LATENCY_BUCKETS,
+) -> Histogram:
+    _expect(metric, Kind.HISTOGRAM)
+    return Histogram(metric.name, metric.help, metric.labels, buckets=buckets, registry=registry)
+
+
 class _StatsCollector(Collector):
     def __init__(self, metrics: Metrics) -> None:
         self._metrics = metrics
 
     def collect(self) -> Iterator[Metric]:
         feeds = self._metrics.feeds
-        trades = CounterMetricFamily(
-            "tickcast_trades", "Trades accepted into bars", labels=["exchange"]
-        )
-        rejected = CounterMetricFamily(
-            "tickcast_frames_rejected",
-            "Frames rejected by the parser",
-            labels=["exchange", "reason"],
-        )
-        dropped = CounterMetricFamily(
-            "tickcast_trades_dropped",
-            "Parsed trades dropped (late, duplicate, future, unknown_symbol)",
-            labels=["exchange", "reason"],
-        )
-        reconnects = CounterMetricFamily(
-            "tickcast_feed_reconnects",
-            "WebSocket reconnects by cause",
-            labels=["exchange", "cause"],
-        )
-        bars = CounterMetricFamily(
-            "tickcast_bars_closed", "Bars closed by the aggregator", labels=["exchange", "complete"]
-        )
-        repairs_dropped = CounterMetricFamily(
-            "tickcast_repairs_dropped",
-            "Minutes lacking a late or future trade not re-fetched (repair list full)",
-            labels=["exchange"],
-        )
-        connections = GaugeMetricFamily(
-            "tickcast_feed_connections", "Open WebSocket connections", labels=["exchange"]
-        )
-        age = GaugeMetricFamily(
-            "tickcast_feed_last_message_age_seconds",
-            "Seconds since the feed's last WebSocket message",
-            labels=["exchange"],
+        trades = family(catalogue.TRADES)
+        rejected = family(catalogue.FRAMES_REJECTED)
+        dropped = family(catalogue.TRADES_DROPPED)
+        reconnects = family(catalogue.FEED_RECONNECTS)
+        bars = family(catalogue.BARS_CLOSED)
+        repairs_dropped = family(catalogue.REPAIRS_DROPPED)
+        connections = family(catalogue.FEED_CONNECTIONS)
+        age = family(catalogue.FEED_LAST_MESSAGE_AGE)
+        lag = HistogramMetricFamily(
+            catalogue.FEED_LAG.name, catalogue.FEED_LAG.help, labels=list(catalogue.FEED_LAG.labels)
         )
         now = time.monotonic()
         for s in feeds:
@@ -110,30 +157,16 @@ class _StatsCollector(Collector):
             connections.add_metric([s.exchange], s.connections_open)
             if s.last_message_monotonic is not None:
                 age.add_metric([s.exchange], now - s.last_message_monotonic)
+            s.lag_family(lag)
         yield from (trades, rejected, dropped, reconnects, bars, repairs_dropped, connections, age)
+        yield lag
 
         writer = self._metrics.writer
         if writer is not None:
-            yield GaugeMetricFamily(
-                "tickcast_redis_buffered_bars",
-                "Closed bars waiting to be written to Redis",
-                value=writer.buffered,
-            )
-            yield CounterMetricFamily(
-                "tickcast_redis_dropped_bars",
-                "Bars dropped because the Redis buffer overflowed",
-                value=writer.dropped_total,
-            )
-            yield CounterMetricFamily(
-                "tickcast_redis_write_errors",
-                "Failed Redis write rounds",
-                value=writer.write_errors_total,
-            )
-            yield GaugeMetricFamily(
-                "tickcast_redis_up",
-                "1 when the last Redis round succeeded",
-                value=int(writer.connected),
-            )
+            yield family(catalogue.REDIS_BUFFERED_BARS, writer.buffered)
+            yield family(catalogue.REDIS_DROPPED_BARS, writer.dropped_total)
+            yield family(catalogue.REDIS_WRITE_ERRORS, writer.write_errors_total)
+            yield family(catalogue.REDIS_UP, int(writer.connected))
 
 
 class _ServingCollector(Collector):
@@ -163,49 +196,17 @@ class Metrics:
         self.feeds: list[FeedStats] = []
         self.writer: WriterStats | None = None
         r = self.registry
-        self.backfill_requests = Counter(
-            "tickcast_backfill_requests_total",
-            "REST backfill requests by outcome (ok, rate_limited, error)",
-            ["exchange", "outcome"],
-            registry=r,
-        )
-        self.gaps_dropped = Counter(
-            "tickcast_gaps_dropped_total",
-            "Feed gaps not queued for REST repair (the gap queue was full)",
-            ["exchange"],
-            registry=r,
-        )
-        self.backfill_bars = Counter(
-            "tickcast_backfill_bars_total",
-            "Bars fetched over REST backfill",
-            ["exchange"],
-            registry=r,
-        )
-        self.redis_write_seconds = Histogram(
-            "tickcast_redis_write_seconds",
-            "Latency of one Redis write round (all symbols closing together)",
-            buckets=LATENCY_BUCKETS,
-            registry=r,
-        )
-        self.kline_crosscheck = Counter(
-            "tickcast_kline_crosscheck_total",
-            "Aggregated bars compared with the exchange's own kline (match, mismatch)",
-            ["exchange", "result"],
-            registry=r,
-        )
-        self.info = Gauge("tickcast_build_info", "Streamer version", ["version"], registry=r)
-        self.inference_seconds = Histogram(
-            "tickcast_inference_seconds",
-            "One batched onnxruntime call at a minute close",
-            buckets=LATENCY_BUCKETS,
-            registry=r,
-        )
-        self.close_to_publish_seconds = Histogram(
-            "tickcast_close_to_publish_seconds",
-            "From a bar's close to its forecast acknowledged by the broker (or printed)",
-            buckets=LATENCY_BUCKETS,
-            registry=r,
-        )
+        self.backfill_requests = counter(catalogue.BACKFILL_REQUESTS, r)
+        self.gaps_dropped = counter(catalogue.GAPS_DROPPED, r)
+        self.repairs_given_up = counter(catalogue.REPAIRS_GIVEN_UP, r)
+        self.backfill_bars = counter(catalogue.BACKFILL_BARS, r)
+        self.rest_banned_until = gauge(catalogue.REST_BANNED_UNTIL, r)
+        self.rest_used_weight = gauge(catalogue.REST_USED_WEIGHT, r)
+        self.redis_write_seconds = histogram(catalogue.REDIS_WRITE_SECONDS, r)
+        self.kline_crosscheck = counter(catalogue.KLINE_CROSSCHECK, r)
+        self.info = gauge(catalogue.BUILD_INFO, r)
+        self.inference_seconds = histogram(catalogue.INFERENCE_SECONDS, r)
+        self.close_to_publish_seconds = histogram(catalogue.CLOSE_TO_PUBLISH_SECONDS, r)
         self.serving: ServingStats | None = None
         r.register(_ServingCollector(self))
         r.register(_StatsCollector(self))

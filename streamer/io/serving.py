@@ -12,11 +12,13 @@ import time
 from collections.abc import Callable, Iterable
 
 import numpy as np
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import Metric
 
+from streamer.core.contracts import metrics as catalogue
 from streamer.core.types import Bar, Forecast
 from streamer.core.windows import Windows
 from streamer.io.forecaster import Forecaster, ForecastSink
+from streamer.io.metrics import family
 from streamer.io.model import ModelServer, RegistryWatcher, open_registry
 from streamer.io.publisher import MqttPublisher
 from streamer.settings import Settings
@@ -50,6 +52,7 @@ class Serving:
                 self.server,
                 poll_interval_s=settings.model_poll_s,
                 smoke_windows=self.smoke_windows,
+                max_window=settings.window_memory_bars,
             )
         self.forecaster = Forecaster(
             windows,
@@ -59,6 +62,7 @@ class Serving:
             eval_window_ms=settings.eval_window_s * 1000,
             wall_clock_ms=wall_clock_ms,
             on_round=on_round,
+            calibration=settings.calibration == "on",
         )
         self._listed = {tuple(s.split(":", 1)) for s in settings.symbols}
         self._latest: dict[Key, Forecast] = {}
@@ -102,34 +106,23 @@ class Serving:
 
     def metric_families(self) -> Iterable[Metric]:
         f = self.forecaster
-        published = CounterMetricFamily(
-            "tickcast_forecasts_published", "Forecasts handed to the sink (MQTT or console)"
-        )
-        published.add_metric([], f.published_total)
-        yield published
-        skipped = CounterMetricFamily(
-            "tickcast_forecasts_skipped",
-            "Symbols due at a minute close but not forecast, by reason",
-            labels=["reason"],
-        )
+        yield family(catalogue.FORECASTS_PUBLISHED, f.published_total)
+        skipped = family(catalogue.FORECASTS_SKIPPED)
         for reason in ("no_model", "short_window", "bad_output", "already_forecast"):
             skipped.add_metric([reason], f.skipped.get(reason, 0))
         yield skipped
         yield from self._model_families()
         yield from self._evaluation_families()
+        yield from self._calibration_families()
         yield from self._listed_symbol_families()
         if self.publisher is not None:
             yield from self._mqtt_families(self.publisher)
 
     def _model_families(self) -> Iterable[Metric]:
         model = self.server.current
-        loaded = GaugeMetricFamily("tickcast_model_loaded", "1 while a model serves")
-        loaded.add_metric([], 1 if model else 0)
-        yield loaded
-        info = GaugeMetricFamily(
-            "tickcast_model_info", "The serving model", labels=["version", "trained_at"]
-        )
-        age = GaugeMetricFamily("tickcast_model_age_seconds", "Seconds since the model trained")
+        yield family(catalogue.MODEL_LOADED, 1 if model else 0)
+        info = family(catalogue.MODEL_INFO)
+        age = family(catalogue.MODEL_AGE)
         if model is not None:
             info.add_metric([model.version, model.trained_at], 1)
             model_age = model.age_s(time.time_ns() // 1_000_000)
@@ -137,69 +130,66 @@ class Serving:
                 age.add_metric([], model_age)
         yield info
         yield age
-        stale = GaugeMetricFamily("tickcast_model_stale", "1 when forecasts are marked stale")
-        stale.add_metric([], 1 if model is not None and self.server.stale() else 0)
-        yield stale
+        yield family(catalogue.MODEL_STALE, 1 if model is not None and self.server.stale() else 0)
         w = self.watcher
-        successes = CounterMetricFamily("tickcast_model_reloads", "Models swapped in")
-        failures = CounterMetricFamily(
-            "tickcast_model_reload_failures",
-            "Candidate models refused (the old one kept serving), by reason",
-            labels=["reason"],
-        )
-        registry_errors = CounterMetricFamily(
-            "tickcast_model_registry_errors", "Failed reads of the model registry"
-        )
-        successes.add_metric([], w.reload_successes_total if w else 0)
-        registry_errors.add_metric([], w.registry_errors_total if w else 0)
+        failures = family(catalogue.MODEL_RELOAD_FAILURES)
         if w is not None:
             for reason, n in sorted(w.reload_failures_total.items()):
                 failures.add_metric([reason], n)
-        yield successes
+        yield family(catalogue.MODEL_RELOADS, w.reload_successes_total if w else 0)
         yield failures
-        yield registry_errors
+        yield family(catalogue.MODEL_REGISTRY_ERRORS, w.registry_errors_total if w else 0)
 
     def _evaluation_families(self) -> Iterable[Metric]:
         evaluator = self.forecaster.evaluator
-        names = {
-            "skill": ("tickcast_online_skill", "1 - model MAE / persistence MAE (rolling)"),
-            "model_mae_bps": ("tickcast_online_mae_bps", "Model median MAE, basis points"),
-            "persistence_mae_bps": (
-                "tickcast_online_persistence_mae_bps",
-                "Persistence ('price stays') MAE, basis points",
-            ),
-            "coverage": ("tickcast_online_coverage_ratio", "Share inside the outer interval"),
-            "pinball_bps": ("tickcast_online_pinball_bps", "Mean pinball loss, basis points"),
-            "n": ("tickcast_online_scored", "Forecasts scored in the rolling window"),
+        metrics = {
+            "skill": catalogue.ONLINE_SKILL,
+            "model_mae_bps": catalogue.ONLINE_MAE,
+            "persistence_mae_bps": catalogue.ONLINE_PERSISTENCE_MAE,
+            "coverage": catalogue.ONLINE_COVERAGE,
+            "pinball_bps": catalogue.ONLINE_PINBALL,
+            "n": catalogue.ONLINE_SCORED,
         }
-        families = {
-            k: GaugeMetricFamily(name, doc, labels=["horizon"]) for k, (name, doc) in names.items()
-        }
+        families = {key: family(metric) for key, metric in metrics.items()}
         if evaluator is not None:
             for figures in evaluator.aggregate():
                 numbers = figures.as_numbers()
-                for key, family in families.items():
+                for key, fam in families.items():
                     value = numbers[key]
                     if not math.isnan(value):
-                        family.add_metric([str(figures.horizon)], value)
+                        fam.add_metric([str(figures.horizon)], value)
         yield from families.values()
+
+    def _calibration_families(self) -> Iterable[Metric]:
+        """Raw and calibrated coverage over the evaluation window, summed over symbols."""
+        f = self.forecaster
+        yield family(catalogue.CALIBRATION_ENABLED, 1 if f.calibration else 0)
+        coverage = family(catalogue.CALIBRATION_COVERAGE)
+        below = family(catalogue.CALIBRATION_BELOW)
+        realised = family(catalogue.CALIBRATION_REALISED)
+        calibrator = f.calibrator
+        for counts in calibrator.coverage.counts() if calibrator is not None else []:
+            horizon = str(counts.horizon)
+            realised.add_metric([horizon], counts.n)
+            if counts.n == 0:
+                continue
+            for band, calibrated in (("raw", False), ("calibrated", True)):
+                if {0.1, 0.9} <= set(counts.levels):
+                    share = counts.coverage(0.1, 0.9, calibrated=calibrated)
+                    if share is not None:
+                        coverage.add_metric([horizon, band], share)
+                shares = counts.calibrated_below if calibrated else counts.raw_below
+                for level, n_below in zip(counts.levels, shares, strict=True):
+                    below.add_metric([horizon, str(level), band], n_below / counts.n)
+        yield coverage
+        yield below
+        yield realised
 
     def _listed_symbol_families(self) -> Iterable[Metric]:
         """Price and forecast per configured symbol: operators list them, so labels stay bounded."""
-        close = GaugeMetricFamily(
-            "tickcast_price_close", "Close of the last closed bar", labels=["exchange", "symbol"]
-        )
-        forecast = GaugeMetricFamily(
-            "tickcast_forecast_price",
-            "Latest forecast close at a quantile and horizon (minutes), issued a horizon ago "
-            "for comparison with tickcast_price_close",
-            labels=["exchange", "symbol", "horizon", "quantile"],
-        )
-        bar_time = GaugeMetricFamily(
-            "tickcast_forecast_bar_time_seconds",
-            "Open time of the bar the latest forecast was made at",
-            labels=["exchange", "symbol"],
-        )
+        close = family(catalogue.PRICE_CLOSE)
+        forecast = family(catalogue.FORECAST_PRICE)
+        bar_time = family(catalogue.FORECAST_BAR_TIME)
         horizons = set(self.settings.eval_horizons)
         for key in sorted(self._listed):
             exchange, symbol = key
@@ -221,26 +211,8 @@ class Serving:
 
     @staticmethod
     def _mqtt_families(publisher: MqttPublisher) -> Iterable[Metric]:
-        yield CounterMetricFamily(
-            "tickcast_mqtt_published",
-            "Messages acknowledged by the broker",
-            value=publisher.published_total,
-        )
-        yield CounterMetricFamily(
-            "tickcast_mqtt_dropped",
-            "Messages dropped (queue full, or cut off unacknowledged)",
-            value=publisher.dropped_total,
-        )
-        yield CounterMetricFamily(
-            "tickcast_mqtt_errors",
-            "Failed connects, lost connections, failed publishes",
-            value=publisher.errors_total,
-        )
-        yield GaugeMetricFamily(
-            "tickcast_mqtt_queued_messages",
-            "Messages waiting to be published",
-            value=publisher.queued,
-        )
-        yield GaugeMetricFamily(
-            "tickcast_mqtt_up", "1 while connected to the broker", value=int(publisher.connected)
-        )
+        yield family(catalogue.MQTT_PUBLISHED, publisher.published_total)
+        yield family(catalogue.MQTT_DROPPED, publisher.dropped_total)
+        yield family(catalogue.MQTT_ERRORS, publisher.errors_total)
+        yield family(catalogue.MQTT_QUEUED, publisher.queued)
+        yield family(catalogue.MQTT_UP, int(publisher.connected))

@@ -1,7 +1,7 @@
 """Forecast sinks: MQTT for the service, plain lines for scripts and logs.
 
 Both take ``Forecast`` values and skill figures from the forecaster; the payload format is the
-one of DESIGN.md section 3.2 (``streamer.core.payloads``) for both.
+one of docs/contracts.md (``streamer.core.contracts.mqtt``) for both.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable
 from typing import TextIO
 
-from streamer.core.payloads import encode_forecast, encode_skill, forecast_topic, skill_topic
+from streamer.core.contracts.mqtt import encode_forecast, encode_skill, forecast_topic, skill_topic
 from streamer.core.types import Forecast
 from streamer.io.forecaster import ForecastSink
 from streamer.io.publisher import MqttPublisher

@@ -325,5 +325,6 @@ def bundled_kline_paths() -> list[Path]:
 
 
 def bundled_trade_paths() -> list[Path]:
-    """The bundled recorded trades (one file per recording; both are BTCUSDT)."""
+    """The bundled recorded trades, one file per recording: two Binance ``BTCUSDT`` (pick one by
+    name, e.g. ``tardis``) and one Kraken ``BTC-USDT`` (``kraken``)."""
     return sorted(DATA_DIR.glob("*_trades_*.csv.gz"))

@@ -30,11 +30,11 @@ sys.path[:0] = [str(HERE.parent), str(HERE)]
 
 import aiohttp  # noqa: E402
 import redis.asyncio as aioredis  # noqa: E402
-from conftest import _mosquitto, _redis_server  # noqa: E402
 from deploy_paths import REPO  # noqa: E402
 from fixtures.models import build_model, publish_redis  # noqa: E402
-from harness import settings_for  # noqa: E402
 from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
+from support.servers import mosquitto_process, redis_process  # noqa: E402
+from support.streamer import settings_for  # noqa: E402
 
 from streamer.app import Streamer  # noqa: E402
 from streamer.core.types import MINUTE_MS  # noqa: E402
@@ -76,7 +76,7 @@ async def scrape(session: aiohttp.ClientSession, port: int, data_ms: int) -> Scr
 
 async def collect(model: bytes, version: str, minutes: int) -> tuple[list[Scrape], list[str]]:
     tmp = Path(tempfile.mkdtemp(prefix="tickcast-render-"))
-    redis_server, broker = _redis_server(tmp), _mosquitto(tmp)
+    redis_server, broker = redis_process(tmp), mosquitto_process(tmp)
     redis_server.start()
     broker.start()
     sources = [load_source(p) for p in bundled_kline_paths()]

@@ -18,8 +18,8 @@ from urllib.parse import urlparse
 
 import pytest
 import yaml
-from conftest import ServerProcess, _require, free_port
 from deploy_paths import DEPLOY, REPO, setting_env_names
+from support.servers import ServerProcess, free_port, require
 
 DOCKER = DEPLOY / "docker"
 COMPOSE_FILE = DOCKER / "compose.yaml"
@@ -91,12 +91,17 @@ def test_streamer_environment_is_valid_settings(
     assert settings.clock == "watermark"  # replayed 2023 data: never wall-clock bars
     assert settings.metrics_host == "0.0.0.0"
     assert settings.model_registry == settings.redis_url
-    # the feeds point at the replay service, on the port its command line gives
+    # the feeds point at the replay service, on the ports its command line gives
     replay_args = services(compose)["replay"]["command"]
-    port = int(replay_args[replay_args.index("--port") + 1])
-    for url in (settings.ws_url("binance"), settings.rest_url("binance")):
+    for url, flag in (
+        (settings.ws_url("binance"), "--port"),
+        (settings.rest_url("binance"), "--rest-port"),
+    ):
         parsed = urlparse(url)
-        assert (parsed.hostname, parsed.port) == ("replay", port)
+        assert (parsed.hostname, parsed.port) == (
+            "replay",
+            int(replay_args[replay_args.index(flag) + 1]),
+        )
     for server in (settings.redis_url, settings.mqtt_url):
         assert server is not None and urlparse(server).hostname in services(compose)
 
@@ -190,7 +195,7 @@ def test_mosquitto_conf_starts_a_broker(tmp_path: Path) -> None:
     port = free_port()
     conf = tmp_path / "mosquitto.conf"
     conf.write_text(text.replace("listener 1883\n", f"listener {port} 127.0.0.1\n"))
-    broker = ServerProcess("mosquitto", port, [_require("mosquitto"), "-c", str(conf)])
+    broker = ServerProcess("mosquitto", port, [require("mosquitto"), "-c", str(conf)])
     broker.start()  # waits for the port; a bad option makes mosquitto exit instead
     try:
         assert broker.proc is not None and broker.proc.poll() is None
@@ -199,6 +204,6 @@ def test_mosquitto_conf_starts_a_broker(tmp_path: Path) -> None:
     bad = tmp_path / "bad.conf"
     bad.write_text(conf.read_text() + "set_tcp_nodelayy true\n")
     result = subprocess.run(
-        [_require("mosquitto"), "-c", str(bad)], capture_output=True, text=True, timeout=10
+        [require("mosquitto"), "-c", str(bad)], capture_output=True, text=True, timeout=10
     )
     assert result.returncode != 0

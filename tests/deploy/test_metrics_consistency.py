@@ -9,17 +9,11 @@ expressions of deploy/grafana and deploy/prometheus use.
 
 from __future__ import annotations
 
-import asyncio
-import dataclasses
-import time
 from datetime import UTC, datetime
 
-import aiohttp
 import pytest
 import redis.asyncio as aioredis
-from conftest import ServerProcess
 from fixtures.models import build_model, publish_redis
-from harness import REPLAY_SPEED, running, settings_for
 from prometheus_client.parser import text_string_to_metric_families
 from promql_names import (
     dashboard_expressions,
@@ -28,24 +22,15 @@ from promql_names import (
     recorded_names,
     rule_expressions,
 )
+from support.servers import ServerProcess
+from support.streamer import REPLAY_SPEED, SYMBOLS, http_get, kline_sources, running, settings_for
+from support.waits import wait_until
 
 from streamer.app import Streamer
 from streamer.core.types import MINUTE_MS
-from streamer.replay.data import bundled_kline_paths, load_source
 from streamer.replay.server import ReplayServer
 
-SYMBOLS = ("BTCUSDT", "ETHUSDT", "SOLUSDT")
 WINDOW, HORIZON = 10, 15
-
-
-def test_name_extraction() -> None:
-    """The extraction the comparison relies on: suffixes kept, recorded series told apart."""
-    expr = (
-        "histogram_quantile(0.99, sum by (le) (rate(tickcast_a_seconds_bucket[5m]))) "
-        '/ job:tickcast_b:rate5m + on(x) tickcast_c{quantile="0.5"} offset 5m'
-    )
-    assert metric_names([expr]) == {"tickcast_a_seconds_bucket", "tickcast_c"}
-    assert recorded_names([expr]) == {"job:tickcast_b:rate5m"}
 
 
 def test_recorded_series_used_are_defined() -> None:
@@ -55,15 +40,6 @@ def test_recorded_series_used_are_defined() -> None:
     used = recorded_names(rule_expressions() + dashboard_expressions())
     assert used, "the alerts are expected to read at least one recorded series"
     assert sorted(used - defined) == []
-
-
-async def _scrape(port: int) -> str:
-    async with (
-        aiohttp.ClientSession() as session,
-        session.get(f"http://127.0.0.1:{port}/metrics") as response,
-    ):
-        assert response.status == 200
-        return await response.text()
 
 
 def _values(text: str) -> dict[str, list[tuple[dict[str, str], float]]]:
@@ -94,10 +70,7 @@ def _flowed(values: dict[str, list[tuple[dict[str, str], float]]]) -> bool:
 async def test_dashboard_and_rules_metrics_are_exposed(
     redis_server: ServerProcess, mosquitto_server: ServerProcess
 ) -> None:
-    sources = []
-    for symbol in SYMBOLS:
-        full = load_source(next(p for p in bundled_kline_paths() if symbol in p.name))
-        sources.append(dataclasses.replace(full, klines=full.klines[:45]))
+    sources = kline_sources(45)
     first = sources[0].first_open_ms
     start = first + 20 * MINUTE_MS
     bad_model_at = first + 26 * MINUTE_MS
@@ -118,17 +91,16 @@ async def test_dashboard_and_rules_metrics_are_exposed(
         )
         streamer = Streamer(settings, clock=server.clock_ms)
         async with running(streamer):
-            # the replay clock has no event to wait on: poll it
-            while server.clock_ms() < bad_model_at:  # noqa: ASYNC110
-                await asyncio.sleep(0.01)
+            await wait_until(lambda: server.clock_ms() >= bad_model_at, 30, "minute 26")
             await publish_redis(client, "v2", model, model_bytes=model[: len(model) // 2])
-            assert streamer.ops.port is not None
-            deadline = time.monotonic() + 60
-            text = await _scrape(streamer.ops.port)
-            while not _flowed(_values(text)):
-                assert time.monotonic() < deadline, "forecasts did not flow within 60 s"
-                await asyncio.sleep(0.1)
-                text = await _scrape(streamer.ops.port)
+            text = ""
+
+            async def flowed() -> bool:
+                nonlocal text
+                status, text = await http_get(streamer.ops.port, "/metrics")
+                return status == 200 and _flowed(_values(text))
+
+            await wait_until(flowed, 60, "forecasts published and scored, a refusal counted")
     await client.aclose()
 
     exposed = exposed_names(text)

@@ -23,26 +23,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from conftest import ServerProcess
-from faultkit import (
-    HORIZON,
-    SYMBOLS,
-    WINDOW,
-    RecordingSink,
-    http_get,
-    kline_sources,
-    missing_forecast_minutes,
-    scrape,
-    stored_exactly_once,
-    wait_for,
-    wait_until,
-)
 from fixtures.models import build_model
-from harness import REPLAY_GRACE_MS, REPLAY_SPEED, running, settings_for
+from support.faults import FaultRun
+from support.servers import ServerProcess
+from support.streamer import HORIZON, SYMBOLS, WINDOW, http_get, scrape
+from support.waits import wait_until
 
-from streamer.app import Streamer
 from streamer.core.types import MINUTE_MS
-from streamer.replay.server import ReplayServer
 
 pytestmark = pytest.mark.integration
 
@@ -66,56 +53,40 @@ async def test_bad_model_files_are_refused_while_the_old_model_keeps_serving(
     ]
     model = tmp_path / "model.onnx"
     model.write_bytes(v1)
-    sources = kline_sources(48)
-    first = sources[0].first_open_ms
-    start = first + 20 * MINUTE_MS
-    sink = RecordingSink()
-    async with ReplayServer(sources, speed=REPLAY_SPEED, start_ms=start) as server:
-        settings = settings_for(
-            server,
-            list(SYMBOLS),
-            redis_url=redis_server.url,
-            model_registry=str(model),
-            model_poll_s=0.05,
-        )
-        streamer = Streamer(settings, clock=server.clock_ms, sink=sink)
+    run = FaultRun(48)
+    sink = run.sink
+    async with (
+        run.server() as server,
+        run.streaming(server, redis_server.url, model, model_poll_s=0.05) as streamer,
+    ):
         watcher = streamer.serving.watcher
         assert watcher is not None
-        async with running(streamer):
-            port = streamer.ops.port
+        port = streamer.ops.port
 
-            async def refused_while_v1_serves(n: int, reason: str, data: bytes) -> None:
-                at = start + (3 * n + 1) * MINUTE_MS
-                await wait_for(lambda: server.clock_ms() >= at, 20, f"minute of file {n}")
-                refused_before = watcher.reload_failures_total[reason]
-                made = len(sink.forecasts)
-                model.write_bytes(data)  # in place, as a naive trainer writes
-                await wait_for(
-                    lambda: watcher.reload_failures_total[reason] == refused_before + 1,
-                    10,
-                    f"file {n} refused as {reason}",
-                )
-                current = streamer.serving.server.current
-                assert current is not None and current.version == "v1"
-                assert (await http_get(port, "/readyz"))[1]["checks"]["model"] is True
-                await wait_for(
-                    lambda: len(sink.forecasts) >= made + 2 * len(SYMBOLS), 10, "v1 forecasting"
-                )
+        async def refused_while_v1_serves(n: int, reason: str, data: bytes) -> None:
+            at = run.start + (3 * n + 1) * MINUTE_MS
+            await wait_until(lambda: server.clock_ms() >= at, 20, f"minute of file {n}")
+            refused_before = watcher.reload_failures_total[reason]
+            made = len(sink.forecasts)
+            model.write_bytes(data)  # in place, as a naive trainer writes
+            await wait_until(
+                lambda: watcher.reload_failures_total[reason] == refused_before + 1,
+                10,
+                f"file {n} refused as {reason}",
+            )
+            current = streamer.serving.server.current
+            assert current is not None and current.version == "v1"
+            assert (await http_get(port, "/readyz"))[1]["checks"]["model"] is True
+            await wait_until(
+                lambda: len(sink.forecasts) >= made + 2 * len(SYMBOLS), 10, "v1 forecasting"
+            )
 
-            for n, (reason, data) in enumerate(bad_files, start=1):
-                await refused_while_v1_serves(n, reason, data)
-            model.write_bytes(v2)
-            await wait_for(lambda: watcher.reload_successes_total == 2, 10, "v2 swapped in")
-            await server.wait_finished()
-            end = server.clock_ms()
-
-            async def all_stored() -> bool:
-                return not await stored_exactly_once(
-                    redis_server.url, sources, end, REPLAY_GRACE_MS
-                )
-
-            await wait_until(all_stored, 20, "every closed minute in Redis")
-            metrics = await scrape(port)
+        for n, (reason, data) in enumerate(bad_files, start=1):
+            await refused_while_v1_serves(n, reason, data)
+        model.write_bytes(v2)
+        await wait_until(lambda: watcher.reload_successes_total == 2, 10, "v2 swapped in")
+        end = await run.finish(server, redis_server.url)
+        metrics = await scrape(port)
 
     assert dict(watcher.reload_failures_total) == {"corrupt": 2, "contract": 1, "smoke": 1}
     failures = metrics["tickcast_model_reload_failures_total"]
@@ -123,14 +94,9 @@ async def test_bad_model_files_are_refused_while_the_old_model_keeps_serving(
         "corrupt": 2, "contract": 1, "smoke": 1,
     }  # fmt: skip
     assert metrics["tickcast_model_reloads_total"][()] == 2
-    last_closed = max(
-        t for t in range(first, end, MINUTE_MS) if t + MINUTE_MS + REPLAY_GRACE_MS <= end
-    )
     for symbol in SYMBOLS:
-        gaps = missing_forecast_minutes(sink.bar_times(symbol), start - MINUTE_MS, last_closed)
-        assert gaps == [], (symbol, gaps)
         versions = [f.model_version for f in sink.forecasts if f.symbol == symbol]
         switch = versions.index("v2")
         assert set(versions[:switch]) == {"v1"} and set(versions[switch:]) == {"v2"}
         assert switch >= 4 * 2  # v1 served through every bad file
-    assert await stored_exactly_once(redis_server.url, sources, end, REPLAY_GRACE_MS) == []
+    await run.check(redis_server.url, end)

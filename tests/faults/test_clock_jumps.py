@@ -26,23 +26,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import ServerProcess
-from faultkit import (
-    HORIZON,
-    SYMBOLS,
-    WINDOW,
-    RecordingSink,
-    kline_sources,
-    missing_forecast_minutes,
-    stored_exactly_once,
-    wait_until,
-)
-from fixtures.models import build_model, publish_dir
-from harness import REPLAY_GRACE_MS, REPLAY_SPEED, running, settings_for
+from support.faults import FaultRun
+from support.servers import ServerProcess
+from support.streamer import REPLAY_SPEED, SYMBOLS, kline_sources, model_registry
 
-from streamer.app import Streamer
 from streamer.core.bars import SUSPECT_MINUTES_MAX, BarAggregator
 from streamer.core.types import MINUTE_MS, Trade
+from streamer.replay.binance import COMBINED
 from streamer.replay.data import Source, TradeRow
 from streamer.replay.server import ReplayServer
 
@@ -81,8 +71,8 @@ class ClockJumpServer(ReplayServer):
             if not m.delivered and ts >= m.deliver_at_ms:
                 m.delivered = True
                 for client in tuple(self._subs.get(f"{SYMBOLS[0].lower()}@trade", ())):
-                    self._queue(client, trade_frame(SYMBOLS[0], m.trade, client.combined), "",
-                                ts, None)  # fmt: skip
+                    combined = client.framing == COMBINED
+                    self._queue(client, trade_frame(SYMBOLS[0], m.trade, combined), "", ts, None)
         if symbol == SYMBOLS[0] and qty is not None:
             event = json.loads(raw)
             if (event["t"], event["T"]) in self._held:
@@ -93,40 +83,28 @@ class ClockJumpServer(ReplayServer):
 async def test_late_and_future_trades_are_counted_and_no_bar_is_corrupted(
     redis_server: ServerProcess, tmp_path: Path
 ) -> None:
-    sources = kline_sources(46)
-    btc = sources[0]
-    first = btc.first_open_ms
-    start = first + 20 * MINUTE_MS
+    run = FaultRun(46)
+    btc = run.sources[0]
 
     def trade_at(minute: int, second: int) -> TradeRow:
         (trade,) = [t for t in btc.minute_trades(minute) if t.ts_ms % MINUTE_MS == second * 1000]
         return trade
 
-    late = Misdelivery(trade_at(23, 30), first + 26 * MINUTE_MS + 10_000)
-    future = Misdelivery(trade_at(37, 45), first + 30 * MINUTE_MS + 5_000)
-    early = Misdelivery(trade_at(33, 45), first + 33 * MINUTE_MS + 44_000)
-    registry = tmp_path / "registry"
-    publish_dir(registry, "v1", build_model(version="v1", window=WINDOW, horizon=HORIZON))
-    sink = RecordingSink()
-    async with ClockJumpServer(
-        sources, [late, future, early], speed=REPLAY_SPEED, start_ms=start
-    ) as server:
-        settings = settings_for(
-            server, list(SYMBOLS), redis_url=redis_server.url, model_registry=str(registry)
+    late = Misdelivery(trade_at(23, 30), run.at(26, 10_000))
+    future = Misdelivery(trade_at(37, 45), run.at(30, 5_000))
+    early = Misdelivery(trade_at(33, 45), run.at(33, 44_000))
+    server = ClockJumpServer(
+        run.sources, [late, future, early], speed=REPLAY_SPEED, start_ms=run.start
+    )
+    async with (
+        server,
+        run.streaming(server, redis_server.url, model_registry(tmp_path)) as streamer,
+    ):
+        stats = streamer.metrics.feeds[0]
+        end = await run.finish(
+            server, redis_server.url, "every closed minute in Redis, as the exchange's"
         )
-        streamer = Streamer(settings, clock=server.clock_ms, sink=sink)
-        async with running(streamer):
-            stats = streamer.metrics.feeds[0]
-            await server.wait_finished()
-            end = server.clock_ms()
-
-            async def all_stored() -> bool:
-                return not await stored_exactly_once(
-                    redis_server.url, sources, end, REPLAY_GRACE_MS
-                )
-
-            await wait_until(all_stored, 20, "every closed minute in Redis, as the exchange's")
-            streamer.feeds["binance"].on_clock()  # refresh the counts
+        streamer.feeds["binance"].on_clock()  # refresh the counts
 
     assert late.delivered and future.delivered and early.delivered
     assert stats.dropped["late"] == 1
@@ -134,13 +112,7 @@ async def test_late_and_future_trades_are_counted_and_no_bar_is_corrupted(
     assert stats.dropped["duplicate"] == 0
     # the early trade counted as accepted: all trades sent, less the late and future one
     assert stats.trades == sum(server.sent.trades.values()) + 3 - 2
-    assert await stored_exactly_once(redis_server.url, sources, end, REPLAY_GRACE_MS) == []
-    last_closed = max(
-        t for t in range(first, end, MINUTE_MS) if t + MINUTE_MS + REPLAY_GRACE_MS <= end
-    )
-    for symbol in SYMBOLS:
-        gaps = missing_forecast_minutes(sink.bar_times(symbol), start - MINUTE_MS, last_closed)
-        assert gaps == [], (symbol, gaps)
+    await run.check(redis_server.url, end)
 
 
 def test_suspect_minutes_are_handed_out_once_closed_once_and_bounded() -> None:

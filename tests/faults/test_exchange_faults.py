@@ -20,100 +20,63 @@ from __future__ import annotations
 import math
 import time
 from pathlib import Path
-from typing import Self
 
 import pytest
-from conftest import ServerProcess
-from faultkit import (
-    HORIZON,
-    SYMBOLS,
-    WINDOW,
-    RecordingSink,
-    kline_sources,
+from support.faults import (
+    FaultRun,
     missing_forecast_minutes,
     stored_exactly_once,
-    wait_for,
-    wait_until,
+    wait_stored_exactly_once,
 )
-from fixtures.models import build_model, publish_dir
-from harness import REPLAY_GRACE_MS, REPLAY_SPEED, expected_bars, running, settings_for
-from websockets.asyncio.server import ServerConnection
-from websockets.http11 import Request, Response
+from support.servers import ServerProcess
+from support.streamer import (
+    REPLAY_GRACE_MS,
+    SYMBOLS,
+    expected_bars,
+    last_closed_minute,
+    model_registry,
+    running,
+    seed_bars,
+    settings_for,
+)
+from support.waits import wait_until
 
 from streamer.app import Streamer
 from streamer.core.exchanges.binance import BINANCE
 from streamer.core.types import MINUTE_MS, floor_minute
-from streamer.io.store import RedisBarStore
-from streamer.replay.server import Faults, ReplayServer
+from streamer.replay.server import Faults
 
 pytestmark = pytest.mark.integration
 
 REFUSE_S = 2.5
 
 
-class AttemptLoggingServer(ReplayServer):
-    """The replay exchange, noting when each WebSocket upgrade attempt arrives."""
-
-    def __init__(self, *args: object, **kwargs: object) -> None:
-        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
-        self.attempts: list[float] = []
-
-    async def __aenter__(self) -> Self:
-        await self.start()
-        return self
-
-    def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
-        if request.headers.get("Upgrade", "").lower() == "websocket":
-            self.attempts.append(time.monotonic())
-        return super()._process_request(connection, request)
-
-
 async def test_drop_stall_and_refusal_are_reconnected_backfilled_and_repaired(
     redis_server: ServerProcess, tmp_path: Path
 ) -> None:
-    sources = kline_sources(62)
-    first = sources[0].first_open_ms
-    start = first + 20 * MINUTE_MS
+    run = FaultRun(62)
     faults = Faults(
-        drop_at_ms=first + 24 * MINUTE_MS + 30_000,  # mid-minute, TCP abort
-        stall_at_ms=first + 32 * MINUTE_MS + 20_000,
+        drop_at_ms=run.at(24, 30_000),  # mid-minute, TCP abort
+        stall_at_ms=run.at(32, 20_000),
         stall_s=2.0,
     )
-    registry = tmp_path / "registry"
-    publish_dir(registry, "v1", build_model(version="v1", window=WINDOW, horizon=HORIZON))
-    sink = RecordingSink()
-    async with AttemptLoggingServer(
-        sources, speed=REPLAY_SPEED, start_ms=start, faults=faults
-    ) as server:
-        settings = settings_for(
-            server,
-            list(SYMBOLS),
-            redis_url=redis_server.url,
-            model_registry=str(registry),
-            stale_feed_s=0.5,
-        )
-        streamer = Streamer(settings, clock=server.clock_ms, sink=sink)
-        async with running(streamer):
-            stats = streamer.metrics.feeds[0]
-            feed = streamer.feeds["binance"]
-            await wait_for(lambda: stats.reconnects["stale"] == 1, 20, "the stall noticed")
-            await wait_for(lambda: server.clock_ms() >= first + 40 * MINUTE_MS, 20, "minute 40")
-            attempts_before = len(server.attempts)
-            refused_at = time.monotonic()
-            await server.drop_connections(close_frame=True, refuse_s=REFUSE_S)
-            await wait_for(lambda: feed.connected, 20, "reconnected after the refusals")
-            reconnected_in = time.monotonic() - refused_at
-            refusal_attempts = len(server.attempts) - attempts_before
-            await server.wait_finished()
-            end = server.clock_ms()
-
-            async def all_repaired() -> bool:
-                return not await stored_exactly_once(
-                    redis_server.url, sources, end, REPLAY_GRACE_MS
-                )
-
-            await wait_until(all_repaired, 20, "every outage backfilled into Redis")
-            gaps_repaired = streamer.gaps_repaired
+    registry = model_registry(tmp_path)
+    async with (
+        run.server(faults) as server,
+        run.streaming(server, redis_server.url, registry, stale_feed_s=0.5) as streamer,
+    ):
+        stats = streamer.metrics.feeds[0]
+        feed = streamer.feeds["binance"]
+        await wait_until(lambda: stats.reconnects["stale"] == 1, 20, "the stall noticed")
+        await wait_until(lambda: server.clock_ms() >= run.at(40), 20, "minute 40")
+        attempts_before = len(server.connection_attempts)
+        refused_at = time.monotonic()
+        await server.drop_connections(close_frame=True, refuse_s=REFUSE_S)
+        await wait_until(lambda: feed.connected, 20, "reconnected after the refusals")
+        reconnected_in = time.monotonic() - refused_at
+        refusal_attempts = len(server.connection_attempts) - attempts_before
+        end = await run.finish(server, redis_server.url, "every outage backfilled into Redis")
+        gaps_repaired = streamer.gaps_repaired
 
     # the three faults happened, and each was seen for what it was
     assert server.sent.drops == 2 and server.sent.skipped_stalled > 0
@@ -127,13 +90,7 @@ async def test_drop_stall_and_refusal_are_reconnected_backfilled_and_repaired(
     # the outages' minutes came out incomplete and were all repaired over REST
     assert stats.bars_incomplete >= 3 * len(SYMBOLS)
     assert gaps_repaired >= 3
-    assert await stored_exactly_once(redis_server.url, sources, end, REPLAY_GRACE_MS) == []
-    last_closed = max(
-        t for t in range(first, end, MINUTE_MS) if t + MINUTE_MS + REPLAY_GRACE_MS <= end
-    )
-    for symbol in SYMBOLS:
-        gaps = missing_forecast_minutes(sink.bar_times(symbol), start - MINUTE_MS, last_closed)
-        assert gaps == [], (symbol, gaps)
+    await run.check(redis_server.url, end)
 
 
 async def test_a_drop_on_the_watermark_clock_is_dated_by_trades_and_repaired(
@@ -143,52 +100,48 @@ async def test_a_drop_on_the_watermark_clock_is_dated_by_trades_and_repaired(
     close by trade times alone). The outage is dated by trades: from the newest trade before
     the drop (less the grace) to the first trade after the reconnect, and its gap is reported
     once the trades have closed its last minute, so the REST bars of all its minutes exist."""
-    sources = kline_sources(40)
-    first = sources[0].first_open_ms
-    start = first + 20 * MINUTE_MS
-    store = RedisBarStore.from_url(redis_server.url)  # a previous run's bars: full windows
-    await store.write([b for s in sources for b in expected_bars(s)[:20]])
-    await store.close()
-    drop_at = first + 24 * MINUTE_MS + 30_000
+    run = FaultRun(40)
+    sources, sink = run.sources, run.sink
+    # a previous run's bars: full windows
+    await seed_bars(redis_server.url, [b for s in sources for b in expected_bars(s)[:20]])
+    drop_at = run.at(24, 30_000)
     faults = Faults(drop_at_ms=drop_at, refuse_after_drop_s=0.5)
-    registry = tmp_path / "registry"
-    publish_dir(registry, "v1", build_model(version="v1", window=WINDOW, horizon=HORIZON))
-    sink = RecordingSink()
-    async with ReplayServer(sources, speed=REPLAY_SPEED, start_ms=start, faults=faults) as server:
+    registry = model_registry(tmp_path)
+    async with run.server(faults) as server:
         settings = settings_for(
             server,
-            list(SYMBOLS),
+            SYMBOLS,
             redis_url=redis_server.url,
             model_registry=str(registry),
             clock="watermark",
         )
         streamer = Streamer(settings, sink=sink)
-        assert streamer.clock() == 0
+        assert streamer.clock.now() is None
         async with running(streamer):
             stats = streamer.metrics.feeds[0]
             await server.wait_finished()
             # bars close by trade time alone: the last trade (at 45 s) is "now" at the end
             end = sources[0].klines[-1].open_time_ms + 45_000
             aggregator = streamer.aggregators["binance"]
-            await wait_for(lambda: aggregator.watermark_ms == end, 10, "the last trade")
+            await wait_until(lambda: aggregator.watermark_ms == end, 10, "the last trade")
 
-            async def all_repaired() -> bool:
-                return not await stored_exactly_once(
-                    redis_server.url, sources, end, REPLAY_GRACE_MS
-                )
-
-            await wait_until(all_repaired, 20, "the drop's minutes backfilled into Redis")
+            await wait_stored_exactly_once(
+                redis_server.url,
+                sources,
+                end,
+                REPLAY_GRACE_MS,
+                20,
+                "the drop's minutes backfilled into Redis",
+            )
 
     assert server.sent.drops == 1 and stats.reconnects["closed"] == 1
     # two gaps: the resume from the stored bars (a restart on the watermark clock) and the drop
     assert stats.bars_incomplete >= len(SYMBOLS) and streamer.gaps_repaired == 2
     assert await stored_exactly_once(redis_server.url, sources, end, REPLAY_GRACE_MS) == []
-    last_closed = max(
-        t for t in range(first, end, MINUTE_MS) if t + MINUTE_MS + REPLAY_GRACE_MS <= end
-    )
+    last_closed = last_closed_minute(run.first, end, REPLAY_GRACE_MS)
     # forecasts resume: the minutes the first trade after the reconnect closed together get
     # one forecast, the newest (as at any minute close); every minute after it gets its own
     outage = range(floor_minute(drop_at - REPLAY_GRACE_MS), floor_minute(drop_at) + 3 * MINUTE_MS)
     for symbol in SYMBOLS:
-        gaps = missing_forecast_minutes(sink.bar_times(symbol), start, last_closed)
+        gaps = missing_forecast_minutes(sink.bar_times(symbol), run.start, last_closed)
         assert all(t in outage for t in gaps), (symbol, gaps)

@@ -4,8 +4,8 @@ Expected: the daemon goes on forecasting into its bounded queue while the broker
 reports it (/readyz ``mqtt: false``, ``tickcast_mqtt_up`` 0); once the broker is back it
 reconnects, says ``online`` again on the retained status topic, publishes what it queued,
 and republishes the newest payload of any topic with nothing newer queued, so the restarted
-broker (no persistence: it lost every retained message) again holds the newest forecast per
-symbol. Publishing resumes at every minute close and nothing is dropped.
+broker (no persistence: it lost every retained message) again holds the newest forecast and
+the skill figures of every symbol. Publishing resumes at every minute close and nothing is dropped.
 
 The status topic goes ``offline`` and back: a Mosquitto stopped with SIGTERM sends the last
 will of each connected client (ours: ``offline``, retained) to the subscribers still connected
@@ -18,100 +18,39 @@ Checked afterwards: every bar the exchange side sent is in Redis exactly once.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import json
-from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
-import aiomqtt
 import pytest
-from conftest import ServerProcess
-from faultkit import (
-    HORIZON,
+from support.faults import missing_forecast_minutes, stored_exactly_once
+from support.mqtt import STATUS, retained_messages, subscribed
+from support.servers import ServerProcess
+from support.streamer import (
+    REPLAY_GRACE_MS,
     SYMBOLS,
-    WINDOW,
     http_get,
+    is_ready,
     kline_sources,
-    missing_forecast_minutes,
+    last_closed_minute,
+    model_registry,
+    replay_streamer,
+    running,
     scrape,
-    stored_exactly_once,
-    wait_for,
-    wait_until,
 )
-from fixtures.models import build_model, publish_dir
-from harness import REPLAY_GRACE_MS, running, settings_for
+from support.waits import wait_until
 
-from streamer.app import Streamer
-from streamer.core.payloads import iso_seconds
+from streamer.core.contracts.mqtt import forecast_topic, skill_topic
+from streamer.core.timefmt import iso_seconds, parse_iso_ms
 from streamer.core.types import MINUTE_MS
 from streamer.replay.server import ReplayServer
 
 pytestmark = pytest.mark.integration
 
 SPEED = 100.0  # a data minute every 0.6 s
-STATUS = "tickcast/status/tickcast"
 
 
-class Subscriber:
-    """Stays subscribed to ``tickcast/#`` across broker restarts, reconnecting at once."""
-
-    def __init__(self, port: int) -> None:
-        self.port = port
-        self.messages: list[tuple[str, bytes, bool]] = []
-        self.sessions = 0
-
-    async def run(self) -> None:
-        while True:
-            try:
-                async with aiomqtt.Client("127.0.0.1", self.port, timeout=2) as client:
-                    await client.subscribe("tickcast/#", qos=1)
-                    self.sessions += 1
-                    async for m in client.messages:
-                        assert isinstance(m.payload, bytes)
-                        self.messages.append((str(m.topic), m.payload, m.retain))
-            except aiomqtt.MqttError:
-                await asyncio.sleep(0.02)
-
-    def forecasts(self, symbol: str) -> list[dict[str, Any]]:
-        topic = f"tickcast/forecast/binance/{symbol}"
-        return [json.loads(p) for t, p, _ in self.messages if t == topic]
-
-    def status(self) -> list[bytes]:
-        return [p for t, p, _ in self.messages if t == STATUS]
-
-
-@contextlib.asynccontextmanager
-async def subscribed(port: int) -> AsyncIterator[Subscriber]:
-    subscriber = Subscriber(port)
-    task = asyncio.create_task(subscriber.run(), name="test-subscriber")
-    try:
-        await wait_for(lambda: subscriber.sessions == 1, 10, "the test subscriber")
-        yield subscriber
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-
-
-async def retained(port: int) -> dict[str, bytes]:
-    """What a new subscriber gets at once: the broker's retained messages."""
-    got: dict[str, bytes] = {}
-    async with aiomqtt.Client("127.0.0.1", port) as client:
-        await client.subscribe("tickcast/#", qos=1)
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(0.5):
-                async for m in client.messages:
-                    if m.retain and isinstance(m.payload, bytes):
-                        got[str(m.topic)] = m.payload
-    return got
-
-
-def ms(iso: str) -> int:
-    from datetime import datetime
-
-    return int(datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp() * 1000)
+def skill(symbol: str) -> str:
+    return skill_topic("tickcast", "binance", symbol)
 
 
 async def test_broker_restart_resumes_publishing_and_restores_the_retained_state(
@@ -120,26 +59,27 @@ async def test_broker_restart_resumes_publishing_and_restores_the_retained_state
     sources = kline_sources(44)
     first = sources[0].first_open_ms
     start = first + 20 * MINUTE_MS
-    registry = tmp_path / "registry"
-    publish_dir(registry, "v1", build_model(version="v1", window=WINDOW, horizon=HORIZON))
+    registry = model_registry(tmp_path)
     async with (
         subscribed(mosquitto_server.port) as sub,
         ReplayServer(sources, speed=SPEED, start_ms=start) as server,
     ):
-        settings = settings_for(
+        streamer = replay_streamer(
             server,
-            list(SYMBOLS),
             redis_url=redis_server.url,
             mqtt_url=mosquitto_server.url,
             model_registry=str(registry),
         )
-        streamer = Streamer(settings, clock=server.clock_ms)
         publisher = streamer.publisher
         assert publisher is not None
         async with running(streamer):
             port = streamer.ops.port
-            await wait_for(
-                lambda: all(len(sub.forecasts(s)) >= 3 for s in SYMBOLS), 20, "forecasts"
+            # every topic published once before the broker goes: a symbol's skill figures go out
+            # every 5 minutes (staggered), and only once something has been scored
+            await wait_until(
+                lambda: all(len(sub.forecasts(s)) >= 3 and sub.on(skill(s)) for s in SYMBOLS),
+                20,
+                "forecasts and skill figures of every symbol",
             )
             assert sub.status() == [b"online"]
             before_stop = {s: sub.forecasts(s)[-1]["bar_time"] for s in SYMBOLS}
@@ -154,41 +94,47 @@ async def test_broker_restart_resumes_publishing_and_restores_the_retained_state
 
             await wait_until(mqtt_down, 10, "/readyz to report MQTT down")
             made = streamer.serving.forecaster.published_total
-            await wait_for(
+            await wait_until(
                 lambda: streamer.serving.forecaster.published_total >= made + 3 * len(SYMBOLS),
                 10,
                 "forecasts made while the broker is away",
             )
+            queued_before = publisher.queued  # while the broker is away the queue only grows
             down = await scrape(port)
             assert down["tickcast_mqtt_up"][()] == 0
-            assert down["tickcast_mqtt_queued_messages"][()] == publisher.queued > 0
+            assert (
+                0 < queued_before <= down["tickcast_mqtt_queued_messages"][()] <= publisher.queued
+            )
 
             mosquitto_server.start()
-            await wait_for(
-                lambda: publisher.connected and publisher.queued == 0,
+            # Everything queued while the broker was away, and the newest payload of every
+            # other topic, republished: all ACKed, so the broker has stored them. (Not
+            # ``queued == 0``: that holds as soon as the drain has handed the payloads to the
+            # client, while the broker may still be reading them.)
+            await wait_until(
+                lambda: publisher.connected and publisher.queue.idle,
                 15,
-                "reconnect and drain",
+                "reconnected, with everything queued ACKed",
             )
             assert publisher.connections_total == 2
-            await wait_until(lambda: _ready(port), 10, "/readyz 200 once MQTT is back")
-            newest_before = await scrape(port)
-            state = await retained(mosquitto_server.port)
+            await wait_until(lambda: is_ready(port), 10, "/readyz 200 once MQTT is back")
+            state = await retained_messages(mosquitto_server.port)
             newest_after = await scrape(port)
             assert state[STATUS] == b"online"
             for symbol in SYMBOLS:
                 key = (("exchange", "binance"), ("symbol", symbol))
-                low = newest_before["tickcast_forecast_bar_time_seconds"][key] * 1000
+                # at least the newest forecast made before the broker came back; at most the
+                # newest made by the time it was read
+                low = down["tickcast_forecast_bar_time_seconds"][key] * 1000
                 high = newest_after["tickcast_forecast_bar_time_seconds"][key] * 1000
-                kept = json.loads(state[f"tickcast/forecast/binance/{symbol}"])
-                assert low <= ms(kept["bar_time"]) <= high, symbol
-                assert f"tickcast/skill/binance/{symbol}" in state
+                kept = json.loads(state[forecast_topic("tickcast", "binance", symbol)])
+                assert low <= parse_iso_ms(kept["bar_time"]) <= high, symbol
+                assert skill(symbol) in state, sorted(state)
             resumed_at = server.clock_ms()
             await server.wait_finished()
             end = server.clock_ms()
-            last_closed = max(
-                t for t in range(first, end, MINUTE_MS) if t + MINUTE_MS + REPLAY_GRACE_MS <= end
-            )
-            await wait_for(
+            last_closed = last_closed_minute(first, end, REPLAY_GRACE_MS)
+            await wait_until(
                 lambda: all(
                     sub.forecasts(s)[-1]["bar_time"] == iso_seconds(last_closed) for s in SYMBOLS
                 ),
@@ -196,22 +142,18 @@ async def test_broker_restart_resumes_publishing_and_restores_the_retained_state
                 "the last minute's forecasts",
             )
         # the ordered stop after the test says offline, and nothing was ever dropped
-        await wait_for(lambda: sub.status()[-1:] == [b"offline"], 5, "offline at the stop")
+        await wait_until(lambda: sub.status()[-1:] == [b"offline"], 5, "offline at the stop")
         assert publisher.dropped_total == 0
         assert publisher.errors_total >= 1
 
     # online; the will at the broker's stop; online on reconnecting; offline at our stop
     assert sub.status() == [b"online", b"offline", b"online", b"offline"]
     for symbol in SYMBOLS:
-        times = [ms(f["bar_time"]) for f in sub.forecasts(symbol)]
+        times = [parse_iso_ms(f["bar_time"]) for f in sub.forecasts(symbol)]
         # every minute, once; minutes published while the test subscriber itself was
         # reconnecting may be missing, but only inside the outage
         gaps = missing_forecast_minutes(times, start - MINUTE_MS, last_closed)
-        assert all(ms(before_stop[symbol]) < t < resumed_at for t in gaps), (symbol, gaps)
+        assert all(parse_iso_ms(before_stop[symbol]) < t < resumed_at for t in gaps), (symbol, gaps)
         after_restart = [t for t in times if t >= resumed_at - MINUTE_MS]
         assert missing_forecast_minutes(after_restart, after_restart[0], last_closed) == []
     assert await stored_exactly_once(redis_server.url, sources, end, REPLAY_GRACE_MS) == []
-
-
-async def _ready(port: int | None) -> bool:
-    return (await http_get(port, "/readyz"))[0] == 200

@@ -16,8 +16,6 @@ Each demo process gets only PATH and the TICKCAST_* variables under test as its 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import json
 import os
 import re
 import sys
@@ -25,20 +23,19 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import aiomqtt
 import pytest
 import redis.asyncio as aioredis
-from conftest import REPO, ServerProcess
 from fixtures.models import build_model
-from harness import stored_bars
+from support.mqtt import subscribed
+from support.servers import REPO, ServerProcess
+from support.streamer import SYMBOLS, stored_bars
 
-from streamer.core.payloads import validate_forecast_payload
+from streamer.core.contracts.mqtt import validate_forecast_payload
 from streamer.demo import DEFAULT_MODEL
 from streamer.replay.data import bundled_kline_paths, load_source
 
 pytestmark = pytest.mark.integration
 
-SYMBOLS = ("BTCUSDT", "ETHUSDT", "SOLUSDT")
 PLAIN_FOR_S = 25.0
 SHORT_FOR_S = 12.0
 EXIT_ALLOWANCE_S = 15.0  # start-up before the --for clock starts, plus the ordered stop
@@ -76,7 +73,8 @@ async def run_demo(duration_s: float, *args: str, env: dict[str, str] | None = N
         stderr=asyncio.subprocess.STDOUT,
     )  # fmt: skip
     try:
-        out, _ = await asyncio.wait_for(proc.communicate(), duration_s + EXIT_ALLOWANCE_S)
+        async with asyncio.timeout(duration_s + EXIT_ALLOWANCE_S):
+            out, _ = await proc.communicate()
     except TimeoutError:
         proc.kill()
         out, _ = await proc.communicate()
@@ -94,29 +92,11 @@ def check_plain_run(run: DemoRun, duration_s: float) -> None:
     assert int(CLOSING.match(run.lines()[-1]).group(1)) == forecasts  # type: ignore[union-attr]
 
 
-class Subscriber:
-    def __init__(self, port: int) -> None:
-        self.port = port
-        self.messages: list[tuple[str, bytes]] = []
-        self.subscribed = asyncio.Event()
-
-    async def run(self) -> None:
-        async with aiomqtt.Client("127.0.0.1", self.port) as client:
-            await client.subscribe("tickcast/#", qos=1)
-            self.subscribed.set()
-            async for message in client.messages:
-                assert isinstance(message.payload, bytes)
-                self.messages.append((str(message.topic), message.payload))
-
-
 async def test_demo_plain_and_with_redis_and_mqtt(
     redis_server: ServerProcess, mosquitto_server: ServerProcess, tmp_path: Path
 ) -> None:
     model = tmp_path / "model.onnx"
     model.write_bytes(build_model(version="demo-fixture", window=60, horizon=15))
-    subscriber = Subscriber(mosquitto_server.port)
-    sub_task = asyncio.create_task(subscriber.run())
-    await asyncio.wait_for(subscriber.subscribed.wait(), 10)
     services = {
         "TICKCAST_REDIS_URL": redis_server.url,
         "TICKCAST_MQTT_URL": mosquitto_server.url,
@@ -128,12 +108,8 @@ async def test_demo_plain_and_with_redis_and_mqtt(
     with_default = DEFAULT_MODEL.is_file()
     if with_default:
         runs.append(run_demo(SHORT_FOR_S))
-    try:
+    async with subscribed(mosquitto_server.port) as subscriber:
         plain, serviced, *default = await asyncio.gather(*runs)
-    finally:
-        sub_task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await sub_task
 
     check_plain_run(plain, PLAIN_FOR_S)
     assert "model " + str(model) in plain.lines()[0]
@@ -158,12 +134,9 @@ async def test_demo_plain_and_with_redis_and_mqtt(
         await client.aclose()
 
     # MQTT: schema-valid forecasts of every symbol reached the subscriber
-    forecasts = [
-        json.loads(p) for t, p in subscriber.messages if t.startswith("tickcast/forecast/")
-    ]
-    assert {f["symbol"] for f in forecasts} == set(SYMBOLS), (
-        f"{len(subscriber.messages)} MQTT messages: {sorted({t for t, _ in subscriber.messages})}"
-    )
+    forecasts = subscriber.forecasts()
+    topics = sorted({m.topic for m in subscriber.messages})
+    assert {f["symbol"] for f in forecasts} == set(SYMBOLS), f"MQTT topics: {topics}"
     for payload in forecasts:
         assert validate_forecast_payload(payload) == [], payload
         assert payload["model"]["version"] == "demo-fixture"

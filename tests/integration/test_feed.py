@@ -14,58 +14,39 @@ import dataclasses
 import itertools
 import json
 import logging
+import math
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Self
 
 import aiohttp
 import pytest
-from harness import REPLAY_GRACE_MS, REPLAY_SPEED, comparable, expected_bars, wait_until
+from support.streamer import (
+    REPLAY_GRACE_MS,
+    REPLAY_SPEED,
+    comparable,
+    expected_bars,
+    kline_source,
+    tardis_source,
+)
+from support.waits import wait_until
 from websockets.asyncio.server import ServerConnection, serve
-from websockets.http11 import Request, Response
 
 from streamer.core.bars import BarAggregator
-from streamer.core.exchanges import Exchange
+from streamer.core.clock import Clock
+from streamer.core.exchanges import ConnectionPlan, Exchange
 from streamer.core.exchanges.binance import BINANCE, BinanceSpot
+from streamer.core.gaps import Gap
 from streamer.core.types import MINUTE_MS, Bar, floor_minute
 from streamer.io.backfill import RestBackfill
-from streamer.io.feed import Feed, FeedOptions, Gap
-from streamer.io.metrics import FeedStats, Metrics
-from streamer.replay.data import Source, bundled_kline_paths, bundled_trade_paths, load_source
+from streamer.io.feed import Feed, FeedOptions
+from streamer.io.metrics import LAG_BUCKETS, FeedStats, Metrics
+from streamer.replay.data import Source, bundled_trade_paths, load_source
 from streamer.replay.server import Faults, ReplayServer
 
 pytestmark = pytest.mark.integration
 
 SLOP_S = 0.1  # scheduling slack on a loaded 2-core machine, for upper bounds only
-
-
-def tardis_minutes(n: int) -> Source:
-    """The first ``n`` minutes of the densest real trade recording (about 80 trades/minute)."""
-    source = load_source(next(p for p in bundled_trade_paths() if "tardis" in p.name), "BTCUSDT")
-    return dataclasses.replace(source, klines=source.klines[:n])
-
-
-def kline_minutes(symbol: str, n: int) -> Source:
-    source = load_source(next(p for p in bundled_kline_paths() if p.name.startswith(symbol)))
-    return dataclasses.replace(source, klines=source.klines[:n])
-
-
-class RecordingServer(ReplayServer):
-    """The replay exchange, noting when each WebSocket upgrade attempt arrives (refused too)."""
-
-    def __init__(self, *args: object, **kwargs: object) -> None:
-        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
-        self.attempts: list[float] = []
-
-    async def __aenter__(self) -> Self:
-        await self.start()
-        return self
-
-    def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
-        if request.headers.get("Upgrade", "").lower() == "websocket":
-            self.attempts.append(time.monotonic())
-        return super()._process_request(connection, request)
 
 
 class SlowConnectBinance(BinanceSpot):
@@ -85,6 +66,13 @@ class ShortLivedBinance(BinanceSpot):
 
     max_connection_age_s: float | None = 1.5
     connect_attempts_per_s = 1000.0
+
+
+class ShortLivedRateLimitedBinance(ShortLivedBinance):
+    """ShortLivedBinance allowing one connection attempt per 1.3 s: a connection rotated at an
+    age of 1.0 s waits 0.3 s for its next attempt."""
+
+    connect_attempts_per_s = 1 / 1.3
 
 
 class OneStreamBinance(BinanceSpot):
@@ -131,8 +119,9 @@ async def running_feed(
     gap_start_ms: int | None = None,
 ) -> AsyncIterator[FeedRun]:
     """A Feed plus the bar-clock task the app would run beside it (every 20 ms)."""
-    now = clock.clock_ms if clock is not None else (lambda: 0)
-    aggregator = BarAggregator("binance", grace_ms=REPLAY_GRACE_MS, clock=now)
+    now = Clock.wall(clock.clock_ms) if clock is not None else Clock.watermark()
+    reading = clock.clock_ms if clock is not None else None
+    aggregator = BarAggregator("binance", grace_ms=REPLAY_GRACE_MS, clock=reading)
     stats = Metrics().add_feed("binance")
     bars: list[Bar] = []
     gaps: list[Gap] = []
@@ -163,17 +152,17 @@ async def running_feed(
     finally:
         run.feed.stop()
         tick_task.cancel()
-        await asyncio.wait_for(feed_task, 5)
+        async with asyncio.timeout(5):
+            await feed_task
         run.feed.on_clock()
 
 
-def holds(predicate: Callable[[], bool]) -> Callable[[], Awaitable[bool]]:
-    """A plain condition, for ``wait_until``."""
-
-    async def check() -> bool:
-        return predicate()
-
-    return check
+async def every_frame_taken(run: FeedRun, server: ReplayServer) -> bool:
+    """Every trade frame written has been taken: aggregated, or dropped as a duplicate of one
+    that two connections both delivered while one replaced the other."""
+    run.feed.on_clock()
+    taken = run.stats.trades + run.stats.dropped["duplicate"]
+    return taken == sum(server.sent.trades.values())
 
 
 async def trades_caught_up(run: FeedRun, server: ReplayServer) -> bool:
@@ -217,24 +206,31 @@ async def repaired(run: FeedRun, server: ReplayServer, symbol: str) -> dict[int,
     return bars
 
 
+async def through_the_fault(
+    server: ReplayServer, clock: ReplayServer | LaggingServerClock, options: FeedOptions
+) -> tuple[FeedRun, dict[int, Bar]]:
+    """A BTCUSDT feed on ``server`` (``FastConnectBinance``) until it has aggregated every trade
+    the server sent; the run, and its closed bars once the reported gaps are backfilled."""
+    async with running_feed(
+        server.ws_url, ["BTCUSDT"], clock, exchange=FastConnectBinance(), options=options
+    ) as run:
+        await server.wait_finished()
+        await wait_until(lambda: trades_caught_up(run, server), 5, "every trade aggregated")
+    return run, await repaired(run, server, "BTCUSDT")
+
+
 def assert_nothing_lost(
-    run: FeedRun,
-    server: ReplayServer,
-    source: Source,
-    fixed: dict[int, Bar],
-    *,
-    fault_loses_trades: bool = True,
+    run: FeedRun, server: ReplayServer, source: Source, fixed: dict[int, Bar]
 ) -> None:
-    """Every delivered trade is in its bar; every minute that missed trades lies in a reported
-    gap and came out incomplete (never passed off as complete); backfilling the reported gaps
-    gives exactly the recorded bars. ``fault_loses_trades``: the fault must have lost some
-    (a drop does); a rotation may fall in a quiet stretch of the recording and lose none."""
+    """The fault lost trades (else nothing was exercised); every delivered trade is in its bar;
+    every minute that missed trades lies in a reported gap and came out incomplete (never passed
+    off as complete); backfilling the reported gaps gives exactly the recorded bars."""
     symbol = source.symbol
     assert_delivered_trades_aggregated(run, server, symbol)
     expected = {b.open_time_ms: b for b in expected_bars(source)}
     closed = run.closed(symbol)
     lost = lossy_minutes(server, source)
-    assert lost or not fault_loses_trades, "the fault lost no trade: nothing was exercised"
+    assert lost, "the fault lost no trade: nothing was exercised"
     assert all(in_a_gap(m, run.gaps) for m in lost), (lost, run.gaps)
     assert [m for m in lost if m in closed and closed[m].complete] == []
     for minute, bar in closed.items():
@@ -248,17 +244,12 @@ def assert_nothing_lost(
 
 
 async def test_a_stalled_feed_is_reconnected_as_stale_and_its_gap_reported() -> None:
-    source = tardis_minutes(9)
+    source = tardis_source(9)
     stall_at = source.first_open_ms + 3 * MINUTE_MS + 20_000
     faults = Faults(stall_at_ms=stall_at, stall_s=2.0)
     options = FeedOptions(stale_after_s=0.3, reconnect_initial_s=0.05, reconnect_max_s=0.2)
     async with ReplayServer([source], speed=REPLAY_SPEED, faults=faults) as server:
-        async with running_feed(
-            server.ws_url, ["BTCUSDT"], server, exchange=FastConnectBinance(), options=options
-        ) as run:
-            await server.wait_finished()
-            await wait_until(lambda: trades_caught_up(run, server), 5, "every trade aggregated")
-        fixed = await repaired(run, server, "BTCUSDT")
+        run, fixed = await through_the_fault(server, server, options)
 
     # the stall is noticed by the watchdog well before the server's stall ends
     assert dict(run.stats.reconnects) == {"stale": 1}
@@ -279,18 +270,12 @@ async def test_a_dropped_connection_leaves_every_lost_trade_in_an_incomplete_gap
     # Live, the wall clock runs ahead of exchange time by the network latency: model that with
     # a clock 30 s of data time (150 ms at 200x) ahead of the replay's. The drop comes 20 s
     # before a minute ends, and reconnects are refused for longer than a minute plus grace.
-    source = tardis_minutes(9)
+    source = tardis_source(9)
     drop_at = source.first_open_ms + 3 * MINUTE_MS - 20_000
     faults = Faults(drop_at_ms=drop_at, refuse_after_drop_s=0.8)
     options = FeedOptions(reconnect_initial_s=0.05, reconnect_max_s=0.1, stale_after_s=5.0)
     async with ReplayServer([source], speed=REPLAY_SPEED, faults=faults) as server:
-        ahead = LaggingServerClock(server, 30_000)
-        async with running_feed(
-            server.ws_url, ["BTCUSDT"], ahead, exchange=FastConnectBinance(), options=options
-        ) as run:
-            await server.wait_finished()
-            await wait_until(lambda: trades_caught_up(run, server), 5, "every trade aggregated")
-        fixed = await repaired(run, server, "BTCUSDT")
+        run, fixed = await through_the_fault(server, LaggingServerClock(server, 30_000), options)
 
     assert server.sent.drops == 1 and server.sent.refused >= 2
     assert run.stats.reconnects["closed"] == 1
@@ -300,33 +285,123 @@ async def test_a_dropped_connection_leaves_every_lost_trade_in_an_incomplete_gap
     assert_nothing_lost(run, server, source, fixed)
 
 
+async def test_the_lag_histogram_shows_how_far_behind_the_clock_trades_arrive() -> None:
+    # A receiving clock 3 s ahead of the exchange's: every frame's newest trade arrives about
+    # 3 s "late" (plus the replay's own delivery time, milliseconds).
+    source = tardis_source(3)
+    async with (
+        ReplayServer([source], speed=REPLAY_SPEED) as server,
+        running_feed(
+            server.ws_url, ["BTCUSDT"], LaggingServerClock(server, 3_000), options=FeedOptions()
+        ) as run,
+    ):
+        await server.wait_finished()
+        await wait_until(lambda: trades_caught_up(run, server), 5, "every trade aggregated")
+    counts = dict(zip([*LAG_BUCKETS, math.inf], run.stats.lag_counts, strict=True))
+    frames = sum(counts.values())
+    assert frames >= run.stats.trades // 2 > 0  # one observation per frame
+    # all of them between 2.5 s and 5 s: none faster than the clock's lead, none much later
+    assert counts[5.0] == frames
+    assert 3.0 * frames <= run.stats.lag_sum_s < 3.5 * frames
+
+
 # ---- 2. rotation before the exchange's cut ----------------------------------------------------
 
 
-async def test_connections_rotate_before_the_cut_without_backoff_and_lose_nothing() -> None:
-    source = tardis_minutes(11)
-    # connections live 1.5 s; rotate 0.5 s before that. A backoff delay would be >= 1 s.
+async def test_connections_rotate_make_before_break_without_backoff_gap_or_rest() -> None:
+    source = tardis_source(11)
+    # Connections live 1.5 s; rotate 0.5 s before that. A backoff delay would be >= 1 s. The
+    # rate limit holds each new connection back 0.3 s, 60 s of data, while trades flow: more
+    # than twice the recording's longest quiet stretch, so a break-before-make rotation (close,
+    # then connect) would lose trades at every rotation wherever it falls. Make-before-break
+    # keeps the old connection delivering until the new one does: no trade is missed, no gap
+    # opens, and REST is never asked.
     options = FeedOptions(
         rotate_margin_s=0.5, reconnect_initial_s=2.0, reconnect_max_s=4.0, stale_after_s=5.0
     )
-    async with RecordingServer([source], speed=REPLAY_SPEED) as server:
-        async with running_feed(
-            server.ws_url, ["BTCUSDT"], server, exchange=ShortLivedBinance(), options=options
-        ) as run:
-            await server.wait_finished()
-            await wait_until(lambda: trades_caught_up(run, server), 5, "every trade aggregated")
-        fixed = await repaired(run, server, "BTCUSDT")
+    exchange = ShortLivedRateLimitedBinance()
+    slot, cut = 1 / exchange.connect_attempts_per_s, 1.5
+    trade_times = [t.ts_ms for _, trades in source.minutes() for t in trades]
+    quiet_ms = max(b - a for a, b in itertools.pairwise(trade_times))
+    rotate_after = cut - options.rotate_margin_s
+    assert 2 * quiet_ms < (slot - rotate_after) * REPLAY_SPEED * 1000, quiet_ms
+
+    # the venue cuts connections at 2 s: the feed must have moved on before that
+    async with (
+        ReplayServer([source], speed=REPLAY_SPEED, connection_age_s=2.0) as server,
+        running_feed(server.ws_url, ["BTCUSDT"], server, exchange=exchange, options=options) as run,
+    ):
+        await server.wait_finished()
+        await wait_until(lambda: every_frame_taken(run, server), 5, "every frame aggregated")
+        run.feed.on_clock()
+    assert server.age_cuts == 0
 
     rotations = run.stats.reconnects["rotate"]
     assert rotations >= 2 and dict(run.stats.reconnects) == {"rotate": rotations}
-    assert len(server.attempts) == rotations + 1 == server.sent.connections
-    spacing = [b - a for a, b in itertools.pairwise(server.attempts)]
-    assert all(1.0 <= s <= 1.0 + 2 * SLOP_S for s in spacing), spacing
-    # everything delivered on either side of a rotation is aggregated, nothing twice; what no
-    # connection received lies in a reported gap, and backfill restores it exactly
-    assert run.stats.dropped["duplicate"] == 0 and run.stats.dropped["late"] == 0
-    assert len(run.gaps) == rotations
-    assert_nothing_lost(run, server, source, fixed, fault_loses_trades=False)
+    # each new connection comes in the rate limit's next slot: no backoff, and before the cut
+    spacing = [b - a for a, b in itertools.pairwise(server.connection_attempts)]
+    assert all(slot - 0.005 <= s < cut for s in spacing), spacing
+    assert run.gaps == [] and server.rest_log == []
+    assert run.stats.dropped["late"] == 0
+    # every recorded trade is in its bar: each closed minute is exactly the recorded one
+    expected = {b.open_time_ms: b for b in expected_bars(source)}
+    closed = run.closed("BTCUSDT")
+    assert len(closed) >= 9
+    assert all(bar.complete for bar in closed.values())
+    assert comparable(closed.values()) == comparable(expected[m] for m in closed)
+
+
+async def test_a_server_shutdown_notice_moves_to_a_new_connection_before_the_old_closes() -> None:
+    # Binance sends serverShutdown, then disconnects. The feed opens the next connection at
+    # once and lets the old one go when the new one delivers: no gap, no REST, nothing lost.
+    source = tardis_source(6)
+    async with (
+        ReplayServer([source], speed=REPLAY_SPEED) as server,
+        running_feed(server.ws_url, ["BTCUSDT"], server, exchange=FastConnectBinance()) as run,
+    ):
+        await wait_until(lambda: run.stats.trades > 100, 10, "trades flowing")
+        await server.announce_shutdown(close_after_s=1.0)
+        await wait_until(
+            lambda: run.stats.reconnects["server_shutdown"] == 1, 5, "the old connection let go"
+        )
+        await server.wait_finished()
+        await wait_until(lambda: every_frame_taken(run, server), 5, "every frame taken")
+        run.feed.on_clock()
+    assert dict(run.stats.reconnects) == {"server_shutdown": 1}
+    assert len(server.connection_attempts) == 2
+    assert run.gaps == [] and server.rest_log == []
+    expected = {b.open_time_ms: b for b in expected_bars(source)}
+    closed = run.closed("BTCUSDT")
+    assert len(closed) >= 4 and all(bar.complete for bar in closed.values())
+    assert comparable(closed.values()) == comparable(expected[m] for m in closed)
+
+
+class ChattyBinance(FastConnectBinance):
+    """A connection plan of 8 messages (SUBSCRIBE, then 7 LIST_SUBSCRIPTIONS): more than
+    Binance takes in a second."""
+
+    def connections(
+        self, ws_url: str, symbols: list[str], channels: list[str]
+    ) -> list[ConnectionPlan]:
+        [plan] = super().connections(ws_url, symbols, channels)
+        listing = tuple(
+            json.dumps({"method": "LIST_SUBSCRIPTIONS", "id": 10 + i}) for i in range(7)
+        )
+        return [dataclasses.replace(plan, subscribe=plan.subscribe + listing)]
+
+
+async def test_subscribe_messages_are_paced_within_the_venues_message_limit() -> None:
+    # Binance closes a connection that sends more than 5 messages a second (pings and pongs
+    # count too) with 1008: the feed spaces its messages to leave room for them.
+    source = tardis_source(3)
+    async with (
+        ReplayServer([source], speed=REPLAY_SPEED) as server,
+        running_feed(server.ws_url, ["BTCUSDT"], server, exchange=ChattyBinance()) as run,
+    ):
+        await server.wait_finished()
+        await wait_until(lambda: trades_caught_up(run, server), 10, "every trade aggregated")
+    assert server.rate_limit_closes == 0 and dict(run.stats.reconnects) == {}
+    assert run.gaps == []
 
 
 async def test_a_rotation_under_full_load_does_not_wait_out_the_close_timeout() -> None:
@@ -335,17 +410,21 @@ async def test_a_rotation_under_full_load_does_not_wait_out_the_close_timeout() 
     source = load_source(next(p for p in bundled_trade_paths() if "tardis" in p.name), "BTCUSDT")
     options = FeedOptions(rotate_margin_s=0.5, close_timeout_s=3.0, stale_after_s=5.0)
     async with (
-        RecordingServer([source], speed=0, loop=True) as server,
+        ReplayServer([source], speed=0, loop=True) as server,
         running_feed(
             server.ws_url, ["BTCUSDT"], server, exchange=ShortLivedBinance(), options=options
         ) as run,
     ):
-        await wait_until(holds(lambda: len(server.attempts) >= 3), 4, "two rotations")
+        await wait_until(lambda: len(server.connection_attempts) >= 3, 4, "two rotations")
+        # the replaced connection closes once its successor delivers, well within the close
+        # timeout (3 s) that a close without reading on would wait out
+        await wait_until(
+            lambda: run.stats.reconnects["rotate"] >= 2, 1.5, "two connections replaced"
+        )
         before = run.aggregator.accepted
-        await wait_until(holds(lambda: run.aggregator.accepted > before), 2, "more trades")
-    spacing = [b - a for a, b in itertools.pairwise(server.attempts)]
+        await wait_until(lambda: run.aggregator.accepted > before, 2, "more trades")
+    spacing = [b - a for a, b in itertools.pairwise(server.connection_attempts)]
     assert all(1.0 <= s <= 1.0 + 2 * SLOP_S for s in spacing), spacing
-    assert run.stats.reconnects["rotate"] >= 2
 
 
 # ---- 3. malformed frames ----------------------------------------------------------------------
@@ -354,7 +433,7 @@ async def test_a_rotation_under_full_load_does_not_wait_out_the_close_timeout() 
 async def test_malformed_frames_are_counted_by_reason_logged_once_and_good_frames_kept(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    source = tardis_minutes(5)
+    source = tardis_source(5)
     caplog.set_level(logging.WARNING, logger="streamer.io.feed")
     async with (
         ReplayServer([source], speed=REPLAY_SPEED, faults=Faults(malformed_every=7)) as server,
@@ -391,17 +470,17 @@ async def test_malformed_frames_are_counted_by_reason_logged_once_and_good_frame
 
 
 async def test_refused_connections_back_off_capped_and_jittered_then_recover() -> None:
-    source = kline_minutes("ETHUSDT", 60)
+    source = kline_source("ETHUSDT", 60)
     initial, cap = 0.05, 0.4
     options = FeedOptions(reconnect_initial_s=initial, reconnect_max_s=cap, stale_after_s=5.0)
-    async with RecordingServer([source], speed=REPLAY_SPEED) as server:
+    async with ReplayServer([source], speed=REPLAY_SPEED) as server:
         server.refuse_connections(2.0)
         async with running_feed(
             server.ws_url, ["ETHUSDT"], server, exchange=FastConnectBinance(), options=options
         ) as run:
-            await wait_until(holds(lambda: run.stats.trades > 0), 10, "trades")
+            await wait_until(lambda: run.stats.trades > 0, 10, "trades")
             refused = server.sent.refused
-            attempts = list(server.attempts)
+            attempts = list(server.connection_attempts)
             assert refused >= 6 and len(attempts) == refused + 1
             assert dict(run.stats.reconnects) == {"connect_failed": refused}
             delays = [b - a for a, b in itertools.pairwise(attempts)]
@@ -415,10 +494,10 @@ async def test_refused_connections_back_off_capped_and_jittered_then_recover() -
             # after a success the backoff starts afresh: the next retry comes within `initial`
             dropped_at = time.monotonic()
             await server.drop_connections()
-            await wait_until(holds(lambda: len(server.attempts) > len(attempts)), 5, "a retry")
-            assert server.attempts[-1] - dropped_at <= initial + SLOP_S
+            await wait_until(lambda: len(server.connection_attempts) > len(attempts), 5, "a retry")
+            assert server.connection_attempts[-1] - dropped_at <= initial + SLOP_S
             before = run.stats.trades
-            await wait_until(holds(lambda: run.stats.trades > before), 5, "trades after the drop")
+            await wait_until(lambda: run.stats.trades > before, 5, "trades after the drop")
     assert run.stats.reconnects["closed"] == 1
 
 
@@ -426,9 +505,9 @@ async def test_refused_connections_back_off_capped_and_jittered_then_recover() -
 
 
 async def test_connection_attempts_across_a_feed_are_spaced_by_the_rate_limit() -> None:
-    sources = [kline_minutes(s, 30) for s in ("BTCUSDT", "ETHUSDT", "SOLUSDT")]
+    sources = [kline_source(s, 30) for s in ("BTCUSDT", "ETHUSDT", "SOLUSDT")]
     async with (
-        RecordingServer(sources, speed=REPLAY_SPEED) as server,
+        ReplayServer(sources, speed=REPLAY_SPEED) as server,
         running_feed(
             server.ws_url,
             ["BTCUSDT", "ETHUSDT", "SOLUSDT"],
@@ -438,9 +517,9 @@ async def test_connection_attempts_across_a_feed_are_spaced_by_the_rate_limit() 
         ) as run,
     ):
         assert len(run.feed.plans) == 3
-        await wait_until(holds(lambda: len(run.gaps) == 3), 10, "3 connections")
+        await wait_until(lambda: len(run.gaps) == 3, 10, "3 connections")
         assert run.feed.connected and server.connection_count == 3
-        spacing = [b - a for a, b in itertools.pairwise(server.attempts)]
+        spacing = [b - a for a, b in itertools.pairwise(server.connection_attempts)]
         assert len(spacing) == 2
         assert all(0.25 - 0.02 <= s <= 0.25 + SLOP_S for s in spacing), spacing
         # each connection reports the start-up gap of its own symbol, up to when it began
@@ -506,7 +585,7 @@ async def test_a_frame_above_the_size_limit_is_refused_and_the_feed_reconnects(
             options=options,
         ) as run,
     ):
-        await wait_until(holds(lambda: run.aggregator.accepted == len(trades)), 10, "all trades")
+        await wait_until(lambda: run.aggregator.accepted == len(trades), 10, "all trades")
 
     assert dict(run.stats.rejected) == {"frame_too_large": 1}
     assert dict(run.stats.reconnects) == {"frame_too_large": 1}
@@ -524,17 +603,17 @@ async def test_a_frame_above_the_size_limit_is_refused_and_the_feed_reconnects(
 
 
 async def test_stop_ends_the_feed_at_once_even_while_connections_wait_for_a_slot() -> None:
-    sources = [kline_minutes(s, 30) for s in ("BTCUSDT", "ETHUSDT", "SOLUSDT")]
-    async with RecordingServer(sources, speed=REPLAY_SPEED) as server:
+    sources = [kline_source(s, 30) for s in ("BTCUSDT", "ETHUSDT", "SOLUSDT")]
+    async with ReplayServer(sources, speed=REPLAY_SPEED) as server:
         async with running_feed(
             server.ws_url,
             ["BTCUSDT", "ETHUSDT", "SOLUSDT"],
             server,
             exchange=SlowConnectBinance(),
         ) as run:
-            await wait_until(holds(lambda: run.stats.trades > 0), 5, "the first connection")
+            await wait_until(lambda: run.stats.trades > 0, 5, "the first connection")
             stopping_at = time.monotonic()
         assert time.monotonic() - stopping_at < 0.5
         # the two connections still waiting for their slot never connected
-        assert len(server.attempts) == 1
-        await wait_until(holds(lambda: server.connection_count == 0), 2, "the server sees it")
+        assert len(server.connection_attempts) == 1
+        await wait_until(lambda: server.connection_count == 0, 2, "the server sees it")

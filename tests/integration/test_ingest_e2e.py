@@ -6,32 +6,26 @@ Redis must hold exactly those, whether a minute arrived over the WebSocket or wa
 
 from __future__ import annotations
 
-import dataclasses
-
 import pytest
-import redis.asyncio as aioredis
-from conftest import ServerProcess
-from harness import (
+from support.faults import replay_stored
+from support.servers import ServerProcess
+from support.streamer import (
     REPLAY_GRACE_MS,
-    REPLAY_SPEED,
+    closed_bars,
     comparable,
     expected_bars,
-    running,
-    settings_for,
-    stored_bars,
-    wait_until,
+    kline_source,
+    read_bars,
+    replaying,
+    tardis_source,
 )
 
 from streamer.app import Streamer
 from streamer.core.types import MINUTE_MS, Bar
-from streamer.replay.data import Source, bundled_kline_paths, bundled_trade_paths, load_source
+from streamer.replay.data import Source
 from streamer.replay.server import Faults, ReplayServer
 
 pytestmark = pytest.mark.integration
-
-
-def first_minutes(source: Source, n: int) -> Source:
-    return dataclasses.replace(source, klines=source.klines[:n])
 
 
 async def replay_into_redis(
@@ -39,30 +33,11 @@ async def replay_into_redis(
 ) -> tuple[Streamer, ReplayServer, list[Bar], list[Bar], set[int]]:
     """Replay ``source`` into a streamer; returns it, the server, the closed expected bars,
     and what Redis holds after an ordered shutdown."""
-    expected = expected_bars(source)
-    async with ReplayServer(
-        [source], speed=REPLAY_SPEED, start_ms=start_ms, faults=faults
-    ) as server:
-        settings = settings_for(server, [source.symbol], redis_url=redis_url)
-        streamer = Streamer(settings, clock=server.clock_ms)
-        client = aioredis.from_url(redis_url)
-        try:
-            async with running(streamer):
-                await server.wait_finished()
-                end = server.clock_ms()  # the replay clock stops at the last trade
-                closed = [b for b in expected if b.close_time_ms + REPLAY_GRACE_MS <= end]
-
-                async def all_closed_minutes_stored() -> bool:
-                    bars, marks = await stored_bars(client, "binance", source.symbol)
-                    return comparable(bars[: len(closed)]) == comparable(closed) and not (
-                        marks & {b.open_time_ms for b in closed}
-                    )
-
-                await wait_until(all_closed_minutes_stored, 30, "every closed minute in Redis")
-            bars, marks = await stored_bars(client, "binance", source.symbol)
-        finally:
-            await client.aclose()
-    return streamer, server, closed, bars, marks
+    async with replaying(source, start_ms, redis_url, faults) as (server, streamer):
+        # the replay clock stops at the last trade
+        end = await replay_stored(server, redis_url, [source], timeout_s=30)
+    bars, marks = await read_bars(redis_url, "binance", source.symbol)
+    return streamer, server, closed_bars(source, end, REPLAY_GRACE_MS), bars, marks
 
 
 async def test_recorded_trades_become_exactly_the_pure_aggregators_bars(
@@ -71,13 +46,9 @@ async def test_recorded_trades_become_exactly_the_pure_aggregators_bars(
     # 40 minutes of real Binance BTCUSDT trades (tardis.dev recording), 3,100+ trades. Streaming
     # starts mid-minute 20: earlier minutes come from REST (start-up backfill); the partly
     # missed minute 20 is marked incomplete and repaired from REST once it closes.
-    source = first_minutes(
-        load_source(next(p for p in bundled_trade_paths() if "tardis" in p.name), "BTCUSDT"), 40
-    )
+    source = tardis_source(40)
     start = source.first_open_ms + 20 * MINUTE_MS + 20_000
-    streamer, server, closed, bars, marks = await replay_into_redis(
-        source, start, _url(redis_server)
-    )
+    streamer, server, closed, bars, marks = await replay_into_redis(source, start, redis_server.url)
     expected = expected_bars(source)
 
     # every closed minute: exactly the pure aggregator's bars, all complete
@@ -100,14 +71,12 @@ async def test_recorded_trades_become_exactly_the_pure_aggregators_bars(
 async def test_connection_dropped_mid_minute_is_backfilled_over_rest(
     redis_server: ServerProcess,
 ) -> None:
-    source = first_minutes(
-        load_source(next(p for p in bundled_kline_paths() if "BTCUSDT" in p.name)), 40
-    )
+    source = kline_source("BTCUSDT", 40)
     start = source.first_open_ms + 20 * MINUTE_MS
     drop_at = source.first_open_ms + 27 * MINUTE_MS + 30_000  # mid-minute 27
     faults = Faults(drop_at_ms=drop_at, refuse_after_drop_s=0.5)
     streamer, server, closed, bars, _ = await replay_into_redis(
-        source, start, _url(redis_server), faults
+        source, start, redis_server.url, faults
     )
 
     assert server.sent.drops == 1
@@ -121,7 +90,3 @@ async def test_connection_dropped_mid_minute_is_backfilled_over_rest(
     assert comparable(bars[: len(closed)]) == comparable(closed)
     ok = streamer.metrics.backfill_requests.labels("binance", "ok")._value.get()
     assert ok >= 2  # start-up backfill plus the gap after the drop
-
-
-def _url(server: ServerProcess) -> str:
-    return server.url

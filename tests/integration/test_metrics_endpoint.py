@@ -2,7 +2,8 @@
 
 The streamer runs against the replay exchange (with malformed frames and a stall injected) and
 real Redis, which is stopped part way; the scraped figures must equal what the replay server
-says it sent and what the streamer's own parts hold.
+says it sent and what the streamer's own parts hold, and the families and their labels must be
+exactly the catalogue's (streamer.core.contracts.metrics).
 """
 
 from __future__ import annotations
@@ -13,29 +14,39 @@ from typing import Any
 
 import aiohttp
 import pytest
-from conftest import ServerProcess
+from fixtures.metrics import exposed, sample_labels
 from fixtures.models import build_model, publish_dir
-from harness import REPLAY_SPEED, running, settings_for, wait_until
 from prometheus_client.parser import text_string_to_metric_families
+from support.servers import ServerProcess
+from support.streamer import REPLAY_SPEED, running, settings_for
+from support.waits import wait_until
 
 from streamer.app import Streamer
+from streamer.core.contracts import metrics as catalogue
+from streamer.core.contracts.metrics import CATALOGUE, CATALOGUE_BY_NAME
 from streamer.core.types import MINUTE_MS
 from streamer.replay.data import bundled_trade_paths, load_source
 from streamer.replay.server import Faults, ReplayServer
 
 pytestmark = pytest.mark.integration
 
+MQTT_METRICS = {
+    catalogue.MQTT_PUBLISHED,
+    catalogue.MQTT_DROPPED,
+    catalogue.MQTT_ERRORS,
+    catalogue.MQTT_QUEUED,
+    catalogue.MQTT_UP,
+}
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
 
-def parse(text: str) -> tuple[set[str], Samples]:
-    """Family names and every sample, keyed by (sample name, labels)."""
-    families, samples = set(), {}
+def parse(text: str) -> Samples:
+    """Every sample, keyed by (sample name, labels)."""
+    samples = {}
     for family in text_string_to_metric_families(text):
-        families.add(family.name)
         for s in family.samples:
             samples[(s.name, frozenset(s.labels.items()))] = s.value
-    return families, samples
+    return samples
 
 
 def value(samples: Samples, name: str, **labels: str) -> float:
@@ -114,28 +125,30 @@ async def test_metrics_health_and_readiness_of_a_running_streamer(
 
             await wait_until(all_trades_counted, 5, "every sent trade aggregated")
             status, text = await get(session, f"{base}/metrics")
-            families, samples = parse(text)
+            samples = parse(text)
             buffered = streamer.writer.buffered
             backfill_requests = streamer.backfills["binance"].requests
             redis_server.start()  # so that the ordered shutdown can drain the buffer
 
     assert status == 200
-    for family in (
+    # exactly the catalogue, as it defines each family (no broker here: no MQTT families) ...
+    assert exposed(text) == {
+        m.name: (m.kind.value, m.help) for m in CATALOGUE if m not in MQTT_METRICS
+    }
+    # ... and every sample with its family's label names (these labelled ones surely have some)
+    labels = sample_labels(text)
+    assert {
         "tickcast_trades",
         "tickcast_frames_rejected",
-        "tickcast_trades_dropped",
         "tickcast_bars_closed",
         "tickcast_feed_reconnects",
-        "tickcast_feed_connections",
-        "tickcast_feed_last_message_age_seconds",
         "tickcast_backfill_requests",
-        "tickcast_backfill_bars",
-        "tickcast_redis_write_seconds",
-        "tickcast_redis_buffered_bars",
-        "tickcast_redis_write_errors",
-        "tickcast_redis_up",
-    ):
-        assert family in families, family
+        "tickcast_build_info",
+        "tickcast_forecasts_skipped",
+        "tickcast_model_info",
+    } <= set(labels)
+    for name, label_names in labels.items():
+        assert label_names == {frozenset(CATALOGUE_BY_NAME[name].labels)}, name
 
     # trades: exactly what the replay exchange delivered; bad frames by reason, all of them
     assert value(samples, "tickcast_trades_total", exchange="binance") == sent_trades > 300

@@ -14,7 +14,7 @@ import asyncio
 import contextlib
 import os
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +30,7 @@ from fixtures.models import (
     real_bars,
 )
 from redis.asyncio import Redis
+from support.waits import wait_until
 
 from streamer.io.model import (
     DirectoryRegistry,
@@ -55,19 +56,6 @@ def not_onnx() -> bytes:
     data = bytearray(good("v1"))
     data[10:60] = b"\xfe" * 50
     return bytes(data)
-
-
-async def wait_until(
-    condition: Callable[[], bool], what: str, task: asyncio.Task[Any] | None = None
-) -> None:
-    deadline = time.monotonic() + 10.0
-    while not condition():
-        if task is not None and task.done():
-            task.result()  # raises what killed the watcher
-            raise AssertionError(f"watcher stopped while waiting for {what}")
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.01)
 
 
 @contextlib.asynccontextmanager
@@ -172,14 +160,16 @@ async def test_watcher_loop_polls_the_directory(tmp_path: Path) -> None:
     )
     async with running(watcher) as task:
         publish_dir(root, "v1", good("v1"))
-        await wait_until(lambda: server.current is not None, "v1 to load", task)
+        await wait_until(lambda: server.current is not None, 10, "v1 to load", task=task)
         await assert_serving(server, "v1")
         full = good("v2")
         publish_dir(root, "v2", full, model_bytes=full[:-100])
-        await wait_until(lambda: watcher.reload_failures_total["sha256"] == 1, "refusal", task)
+        await wait_until(
+            lambda: watcher.reload_failures_total["sha256"] == 1, 10, "refusal", task=task
+        )
         await assert_serving(server, "v1")
         publish_dir(root, "v8", good("v8"))
-        await wait_until(lambda: watcher.serving_token == "v8", "v8 to load", task)
+        await wait_until(lambda: watcher.serving_token == "v8", 10, "v8 to load", task=task)
         await assert_serving(server, "v8")
     server.close()
 
@@ -228,10 +218,10 @@ async def test_redis_registry_reloads_on_events_and_refuses_bad_versions(
     # polling every minute: within the test's deadlines only the events channel can wake it
     watcher = RegistryWatcher(registry, server, poll_interval_s=60.0, smoke_windows=real_windows)
     async with running(watcher) as task:
-        await wait_until(lambda: registry.subscribed, "subscription", task)
+        await wait_until(lambda: registry.subscribed, 10, "subscription", task=task)
         assert server.current is None and not server.ready
         await publish_redis(writer, "v1", good("v1"))
-        await wait_until(lambda: server.current is not None, "v1 via event", task)
+        await wait_until(lambda: server.current is not None, 10, "v1 via event", task=task)
         await assert_serving(server, "v1")
 
         full = good("v2")
@@ -249,12 +239,15 @@ async def test_redis_registry_reloads_on_events_and_refuses_bad_versions(
             data = kwargs.pop("data")
             await publish_redis(writer, version, data, **kwargs)
             await wait_until(
-                lambda r=reason: watcher.reload_failures_total[r] == 1, f"{version} refused", task
+                lambda r=reason: watcher.reload_failures_total[r] == 1,
+                10,
+                f"{version} refused",
+                task=task,
             )
             await assert_serving(server, "v1")
 
         await publish_redis(writer, "v2", good("v2"))
-        await wait_until(lambda: watcher.serving_token == "v2", "v2 via event", task)
+        await wait_until(lambda: watcher.serving_token == "v2", 10, "v2 via event", task=task)
         await assert_serving(server, "v2")
         assert watcher.reload_successes_total == 2
         assert dict(watcher.reload_failures_total) == {
@@ -275,20 +268,22 @@ async def test_redis_registry_polls_when_an_event_is_lost_and_survives_a_restart
     watcher = RegistryWatcher(registry, server, poll_interval_s=0.05, smoke_windows=real_windows)
     async with running(watcher) as task:
         await publish_redis(writer, "v1", good("v1"), announce=False)
-        await wait_until(lambda: server.current is not None, "v1 via polling", task)
+        await wait_until(lambda: server.current is not None, 10, "v1 via polling", task=task)
         await assert_serving(server, "v1")
 
         redis_server.stop()
-        await wait_until(lambda: watcher.registry_errors_total > 0, "registry errors", task)
-        await wait_until(lambda: not registry.subscribed, "subscription lost", task)
+        await wait_until(
+            lambda: watcher.registry_errors_total > 0, 10, "registry errors", task=task
+        )
+        await wait_until(lambda: not registry.subscribed, 10, "subscription lost", task=task)
         await assert_serving(server, "v1")  # Redis down: the model keeps serving
         redis_server.start()  # same port, empty (no persistence)
-        await wait_until(lambda: registry.subscribed, "resubscription", task)
+        await wait_until(lambda: registry.subscribed, 10, "resubscription", task=task)
         await assert_serving(server, "v1")  # an empty registry does not unload the model
 
         await writer.connection_pool.disconnect()  # the test's own client: drop dead sockets
         await publish_redis(writer, "v2", good("v2"))
-        await wait_until(lambda: watcher.serving_token == "v2", "v2 after restart", task)
+        await wait_until(lambda: watcher.serving_token == "v2", 10, "v2 after restart", task=task)
         await assert_serving(server, "v2")
     server.close()
 

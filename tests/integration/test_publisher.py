@@ -24,9 +24,10 @@ from pathlib import Path
 
 import aiomqtt
 import pytest
-from conftest import ServerProcess, free_port, wait_for_port
+from support.servers import ServerProcess, free_port, wait_for_port
+from support.waits import wait_until
 
-from streamer.core.payloads import (
+from streamer.core.contracts.mqtt import (
     decode_forecast_payload,
     forecast_topic,
     validate_forecast_payload,
@@ -58,14 +59,6 @@ def real_forecasts(n: int, symbol: str = "BTC-USDT") -> list[Forecast]:
 def options(url: str, **kw: object) -> MqttOptions:
     fast = {"reconnect_initial_s": 0.05, "reconnect_max_s": 0.2, "timeout_s": 3.0}
     return MqttOptions(url=url, prefix=PREFIX, instance="test", **{**fast, **kw})  # type: ignore[arg-type]
-
-
-async def wait_until(condition: Callable[[], bool], timeout_s: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        if time.monotonic() > deadline:
-            raise TimeoutError("condition not met before the deadline")
-        await asyncio.sleep(0.01)
 
 
 class Inbox:
@@ -128,7 +121,7 @@ async def test_retained_forecast_reaches_a_late_subscriber_and_status_goes_offli
     topic = forecast_topic(PREFIX, "kraken", "BTC-USDT")
     async with running(pub):
         pub.publish_forecast(f)
-        await wait_until(lambda: pub.published_total == 1)
+        await wait_until(lambda: pub.published_total == 1, 5, "pub.published_total == 1")
         assert pub.connected
         async with subscribed(mosquitto_server.port) as late:
             await late.wait_for(lambda m: len(m) == 2)
@@ -155,7 +148,7 @@ async def test_close_drains_the_queue_before_saying_offline(
     payloads = [(f"{PREFIX}/forecast/kraken/S{i % 20}", f"p{i}".encode()) for i in range(400)]
     async with subscribed(mosquitto_server.port) as inbox:
         async with running(pub):
-            await wait_until(lambda: pub.connected)
+            await wait_until(lambda: pub.connected, 5, "pub.connected")
             for topic, payload in payloads:
                 pub.publish(topic, payload)
         # close() returned: everything was ACKed, then offline was the last word
@@ -176,7 +169,7 @@ async def test_wait_sent_returns_once_everything_is_acked_and_at_once_without_a_
     pub = MqttPublisher(options(mosquitto_server.url, inflight_max=50))
     payloads = [(f"{PREFIX}/forecast/kraken/S{i}", f"p{i}".encode()) for i in range(300)]
     async with subscribed(mosquitto_server.port) as inbox, running(pub):
-        await wait_until(lambda: pub.connected)
+        await wait_until(lambda: pub.connected, 5, "pub.connected")
         for topic, payload in payloads:
             pub.publish(topic, payload)
         started = time.monotonic()
@@ -205,12 +198,42 @@ async def test_close_with_the_broker_away_keeps_its_deadline_and_counts_what_is_
         pub.publish(f"{PREFIX}/t{i}", b"x")
     async with asyncio.TaskGroup() as tg:
         tg.create_task(pub.run(), name="publisher")
-        await wait_until(lambda: pub.errors_total >= 1)
+        await wait_until(lambda: pub.errors_total >= 1, 5, "pub.errors_total >= 1")
         started = time.monotonic()
         await pub.close(0.5)
         assert time.monotonic() - started < 0.5
     assert (pub.queued, pub.dropped_total, pub.published_total) == (0, 3, 0)
     assert balanced(pub, 3)
+
+
+async def test_close_gives_up_on_what_a_silent_broker_never_acks_at_its_deadline(
+    mosquitto_server: ServerProcess, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A broker that keeps the connection open but stops answering (stopped, not gone): the
+    drain gives up at close's deadline and counts what is in flight as dropped, instead of
+    waiting for close's grace to run out and cancel the publisher."""
+    pub = MqttPublisher(options(mosquitto_server.url, timeout_s=1.0))
+    broker = mosquitto_server.proc
+    assert broker is not None
+    grace = 0.5 + 3 * 1.0  # close(0.5): its deadline plus three of the options' timeouts
+    async with asyncio.TaskGroup() as tg:
+        task = tg.create_task(pub.run(), name="publisher")
+        await wait_until(lambda: pub.connected, 5, "pub.connected")
+        broker.send_signal(signal.SIGSTOP)
+        try:
+            for i in range(10):
+                pub.publish(f"{PREFIX}/silent/{i}", b"x")
+            await wait_until(lambda: pub.queued == 0, 5, "pub.queued == 0")  # all sent, none ACKed
+            started = time.monotonic()
+            await pub.close(0.5)
+            elapsed = time.monotonic() - started
+        finally:
+            broker.send_signal(signal.SIGCONT)
+    assert "close deadline passed" in caplog.text
+    assert "did not stop within" not in caplog.text and not task.cancelled()
+    assert 0.5 <= elapsed < grace
+    assert (pub.published_total, pub.dropped_total, pub.queued) == (0, 10, 0)
+    assert balanced(pub, 10)
 
 
 async def test_cancelled_publisher_still_says_offline(mosquitto_server: ServerProcess) -> None:
@@ -258,7 +281,11 @@ async def test_queued_survivors_are_delivered_in_order_once_connected(
     async with subscribed(mosquitto_server.port, f"{PREFIX}/+") as inbox:
         async with running(pub):
             await inbox.wait_for(lambda m: len(m) == len(delivered))
-            await wait_until(lambda: pub.published_total == len(delivered))
+            await wait_until(
+                lambda: pub.published_total == len(delivered),
+                5,
+                "pub.published_total == len(delivered)",
+            )
         assert [p.decode() for _, p, _ in inbox.messages] == delivered
     assert pub.republished_total == republished
     assert pub.dropped_total == len(sequence.split()) - 3
@@ -276,14 +303,18 @@ async def test_broker_restart_resumes_and_republishes_the_newest_per_topic(
     async with running(pub):
         pub.publish_forecast(fa[0])
         pub.publish_forecast(fb[0])
-        await wait_until(lambda: pub.published_total == 2)
+        await wait_until(lambda: pub.published_total == 2, 5, "pub.published_total == 2")
 
         mosquitto_server.stop()  # no persistence: its retained messages die with it
-        await wait_until(lambda: not pub.connected)
+        await wait_until(lambda: not pub.connected, 5, "not pub.connected")
         pub.publish_forecast(fa[1])  # queued while the broker is away
         pub.publish_forecast(fa[2])
         mosquitto_server.start()
-        await wait_until(lambda: pub.connected and pub.published_total == 5, timeout_s=10)
+        await wait_until(
+            lambda: pub.connected and pub.published_total == 5,
+            10,
+            "pub.connected and pub.published_total == 5",
+        )
 
         assert pub.connections_total == 2 and pub.errors_total >= 1
         assert pub.republished_total == 1  # ETH had nothing newer queued; BTC's newest was queued
@@ -296,8 +327,12 @@ async def test_broker_restart_resumes_and_republishes_the_newest_per_topic(
 
         # a broker restart while idle (nothing queued): noticed, reconnected, republished
         mosquitto_server.restart()
-        await wait_until(lambda: pub.connections_total == 3 and pub.connected, timeout_s=10)
-        await wait_until(lambda: pub.published_total == 7)
+        await wait_until(
+            lambda: pub.connections_total == 3 and pub.connected,
+            10,
+            "pub.connections_total == 3 and pub.connected",
+        )
+        await wait_until(lambda: pub.published_total == 7, 5, "pub.published_total == 7")
         async with subscribed(mosquitto_server.port) as late:
             await late.wait_for(lambda m: len(m) == 3)
             got = {t: p for t, p, retain in late.messages if retain}
@@ -305,7 +340,11 @@ async def test_broker_restart_resumes_and_republishes_the_newest_per_topic(
             assert got["tc/status/test"] == b"online"
             pub.publish(f"{PREFIX}/after", b"live")  # and live publishing goes on
             await late.wait_for(lambda m: (f"{PREFIX}/after", b"live", False) in m)
-            await wait_until(lambda: balanced(pub, 5) and pub.queued == 0)
+            await wait_until(
+                lambda: balanced(pub, 5) and pub.queued == 0,
+                5,
+                "balanced(pub, 5) and pub.queued == 0",
+            )
 
 
 CRASH_SCRIPT = """
@@ -359,7 +398,7 @@ async def test_tcp_nodelay_is_set_on_the_live_socket(mosquitto_server: ServerPro
         assert tcp_nodelay_of_connections_to(mosquitto_server.port) == [0]  # Nagle by default
     pub = MqttPublisher(options(mosquitto_server.url))
     async with running(pub):
-        await wait_until(lambda: pub.connected)
+        await wait_until(lambda: pub.connected, 5, "pub.connected")
         assert tcp_nodelay_of_connections_to(mosquitto_server.port) == [1]
 
 
@@ -372,10 +411,12 @@ async def test_password_never_reaches_logs_or_repr(
     pub = MqttPublisher(options(dead))
     assert pub.options.credentials == ("tick", secret)
     async with running(pub):
-        await wait_until(lambda: pub.errors_total >= 2)  # connection refused, retried
+        await wait_until(
+            lambda: pub.errors_total >= 2, 5, "pub.errors_total >= 2"
+        )  # connection refused, retried
     live = MqttPublisher(options(mosquitto_server.url, username="tick", password=secret))
     async with running(live):
-        await wait_until(lambda: live.connected)
+        await wait_until(lambda: live.connected, 5, "live.connected")
     assert "tick:***@" in caplog.text
     assert secret not in caplog.text
     assert secret not in repr(pub.options) and secret not in repr(live.options)
@@ -439,14 +480,14 @@ async def test_tls_with_client_certificates(tls_mosquitto: ServerProcess, tmp_pa
         # after the client's handshake is done, and aiomqtt only gives up on the CONNACK wait.
         refused = MqttPublisher(options(url, tls_ca_file=ca, timeout_s=0.5))
         async with running(refused):
-            await wait_until(lambda: refused.errors_total >= 1)
+            await wait_until(lambda: refused.errors_total >= 1, 5, "refused.errors_total >= 1")
             assert not refused.connected and refused.connections_total == 0
 
         pub = MqttPublisher(options(url, tls_ca_file=ca, tls_cert_file=cert, tls_key_file=key))
         sub_tls = aiomqtt.TLSParameters(ca_certs=ca, certfile=cert, keyfile=key)
         async with running(pub):
             pub.publish_forecast(real_forecasts(1)[0])
-            await wait_until(lambda: pub.published_total == 1)
+            await wait_until(lambda: pub.published_total == 1, 5, "pub.published_total == 1")
             assert pub.connected
             assert tcp_nodelay_of_connections_to(tls_mosquitto.port) == [1]
             async with subscribed(tls_mosquitto.port, tls_params=sub_tls) as late:

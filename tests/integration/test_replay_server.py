@@ -20,13 +20,19 @@ from typing import Any
 
 import aiohttp
 import pytest
+from support.waits import wait_until
 from websockets.asyncio.client import ClientConnection
 from websockets.asyncio.client import connect as ws_connect
-from websockets.exceptions import ConnectionClosedError, ConnectionClosedOK, InvalidStatus
+from websockets.exceptions import (
+    ConnectionClosed,
+    ConnectionClosedError,
+    ConnectionClosedOK,
+    InvalidStatus,
+)
 
 from streamer.replay import Faults, ReplayServer
+from streamer.replay.cli import add_arguments, parse_data_time, serve_from_args
 from streamer.replay.data import DATA_DIR
-from streamer.replay.server import add_arguments, parse_data_time, serve_from_args
 
 pytestmark = pytest.mark.integration
 
@@ -70,6 +76,13 @@ async def recv(ws: ClientConnection) -> Any:
         return json.loads(await ws.recv())
 
 
+async def send_paced(ws: ClientConnection, text: str) -> None:
+    """Send as a polite client does: at most 4 messages a second, under Binance's limit of 5
+    (the replay closes a connection that sends more, as Binance does)."""
+    await asyncio.sleep(0.25)
+    await ws.send(text)
+
+
 async def recv_n(ws: ClientConnection, n: int) -> list[Any]:
     return [await recv(ws) for _ in range(n)]
 
@@ -77,14 +90,6 @@ async def recv_n(ws: ClientConnection, n: int) -> list[Any]:
 async def get(session: aiohttp.ClientSession, url: str, **params: Any) -> tuple[int, Any]:
     async with session.get(url, params={k: str(v) for k, v in params.items()}) as response:
         return response.status, await response.json(content_type=None)
-
-
-async def wait_until(condition: Any) -> None:
-    deadline = time.monotonic() + 5
-    while not condition():
-        if time.monotonic() > deadline:
-            raise TimeoutError("condition not met in time")
-        await asyncio.sleep(0.005)
 
 
 async def test_raw_stream_sends_the_recorded_trades_exactly() -> None:
@@ -155,20 +160,26 @@ async def test_combined_stream_aggtrades_then_closed_klines_in_order() -> None:
 
 async def test_raw_ws_subscribe_unsubscribe_and_errors() -> None:
     async with ReplayServer([KLINES["SOLUSDT"]]) as server, connect(f"{server.ws_url}/ws") as ws:
-        await ws.send("not json")
+        await send_paced(ws, "not json")
         assert (await recv(ws))["error"]["code"] == 3
-        await ws.send(json.dumps({"method": "NOPE", "id": 7}))
+        await send_paced(ws, json.dumps({"method": "NOPE", "id": 7}))
         assert (await recv(ws))["error"]["code"] == 2
-        await ws.send(json.dumps({"method": "GET_PROPERTY", "params": ["combined"], "id": 8}))
+        await send_paced(
+            ws, json.dumps({"method": "GET_PROPERTY", "params": ["combined"], "id": 8})
+        )
         assert await recv(ws) == {"result": False, "id": 8}
         assert server.clock_ms() == server.start_ms  # held until the first subscription
-        await ws.send(json.dumps({"method": "SUBSCRIBE", "params": ["solusdt@trade"], "id": 1}))
+        await send_paced(
+            ws, json.dumps({"method": "SUBSCRIBE", "params": ["solusdt@trade"], "id": 1})
+        )
         assert await recv(ws) == {"result": None, "id": 1}
         first = await recv_n(ws, 8)  # raw stream: bare events
-        await ws.send(json.dumps({"method": "UNSUBSCRIBE", "params": ["solusdt@trade"], "id": 2}))
+        await send_paced(
+            ws, json.dumps({"method": "UNSUBSCRIBE", "params": ["solusdt@trade"], "id": 2})
+        )
         while (message := await recv(ws)).get("id") != 2:
             assert message["e"] == "trade"  # frames queued before the request, then the reply
-        await ws.send(json.dumps({"method": "LIST_SUBSCRIPTIONS", "id": 3}))
+        await send_paced(ws, json.dumps({"method": "LIST_SUBSCRIPTIONS", "id": 3}))
         assert await recv(ws) == {"result": [], "id": 3}  # nothing after the unsubscribe
     source = read_csv(KLINES["SOLUSDT"])[:2]
     assert [e["p"] for e in first] == [
@@ -278,7 +289,7 @@ async def test_speed_factor_drives_the_replay_clock() -> None:
             event = await recv(ws)
             clock0, wall0 = server.clock_ms(), time.monotonic()
             assert event["T"] <= clock0 + 1  # never ahead of the clock (it may trail by 1 ms)
-            await wait_until(lambda: server.clock_ms() >= clock0 + 10 * MINUTE)
+            await wait_until(lambda: server.clock_ms() >= clock0 + 10 * MINUTE, 5, "10 minutes")
             clock1, wall1 = server.clock_ms(), time.monotonic()
             # never faster than the speed factor, and not much slower on a busy machine
             assert clock1 - server.start_ms <= speed * (wall1 - before_subscribing) * 1000
@@ -442,6 +453,8 @@ async def test_command_line_options_run_the_server_to_the_end() -> None:
             "max",
             "--port",
             "0",
+            "--rest-port",
+            "0",
             "--no-wait",
             "--exit-when-done",
             "--malformed-every",
@@ -454,3 +467,99 @@ async def test_command_line_options_run_the_server_to_the_end() -> None:
     assert parse_data_time("+90", first) == first + 90 * MINUTE
     assert parse_data_time("2021-01-08T00:01:00Z", first) == first + MINUTE
     assert parse_data_time(str(first), 0) == first
+
+
+async def test_rest_log_and_connection_attempts_record_every_request() -> None:
+    async with ReplayServer([KLINES["BTCUSDT"]], faults=Faults(rest_429=1)) as server:
+        assert server.rest_url != server.ws_url.replace("ws://", "http://")  # REST: own port
+        klines = "/api/v3/klines?symbol=BTCUSDT&interval=1m&limit=1"
+        before = time.monotonic()
+        async with aiohttp.ClientSession() as http:
+            for path in ("/api/v3/ping", klines, klines, "/nope"):
+                async with http.get(f"{server.rest_url}{path}"):
+                    pass
+            # the WebSocket port answers plain HTTP with 426 and logs nothing
+            async with http.get(f"{server.ws_url.replace('ws://', 'http://')}/api/v3/ping") as r:
+                assert r.status == 426
+        after = time.monotonic()
+        assert [(e.path, e.status) for e in server.rest_log] == [
+            ("/api/v3/ping", 200),
+            ("/api/v3/klines", 429),
+            ("/api/v3/klines", 200),
+            ("/nope", 404),
+        ]
+        arrivals = [e.arrived for e in server.rest_log]
+        assert before <= arrivals[0] and arrivals == sorted(arrivals) and arrivals[-1] <= after
+        assert server.sent.rest_requests == 4
+
+        server.refuse_connections(10)
+        with pytest.raises(InvalidStatus):
+            async with connect(f"{server.ws_url}/ws/btcusdt@trade"):
+                pass
+        server.refuse_connections(0)
+        with pytest.raises(InvalidStatus):
+            async with connect(f"{server.ws_url}/nope"):
+                pass
+        async with connect(f"{server.ws_url}/ws/btcusdt@trade") as ws:
+            await recv(ws)
+        attempts = server.connection_attempts
+        assert len(attempts) == 3 and attempts == sorted(attempts)  # refused and 404 too
+        assert after <= attempts[0] and attempts[-1] <= time.monotonic()
+        assert (server.sent.refused, server.sent.connections) == (1, 1)
+
+
+# ---- what Binance enforces ------------------------------------------------------------------
+
+
+async def test_a_client_sending_more_than_5_messages_a_second_pings_included_is_closed() -> None:
+    async with ReplayServer([KLINES["SOLUSDT"]]) as server:
+        async with ws_connect(f"{server.ws_url}/ws", ping_interval=None) as ws:
+            for n in range(3):
+                await ws.send(json.dumps({"method": "LIST_SUBSCRIPTIONS", "id": n}))
+                await ws.ping()
+            with pytest.raises(ConnectionClosed) as closed:
+                while True:
+                    await recv(ws)
+        assert closed.value.rcvd is not None and closed.value.rcvd.code == 1008
+        assert server.rate_limit_closes == 1
+
+
+async def test_connections_are_cut_at_the_venues_age_limit() -> None:
+    async with ReplayServer([KLINES["SOLUSDT"]], connection_age_s=0.5) as server:
+        async with connect(f"{server.ws_url}/ws") as ws:
+            with pytest.raises(ConnectionClosed) as closed:
+                async with asyncio.timeout(5):
+                    await ws.recv()
+        assert closed.value.rcvd is not None and closed.value.rcvd.code == 1000
+        assert server.age_cuts == 1
+
+
+async def test_a_shutdown_notice_comes_before_the_close() -> None:
+    async with ReplayServer([KLINES["SOLUSDT"]]) as server:
+        async with connect(f"{server.ws_url}/ws") as ws:
+            await wait_until(lambda: server.connection_count == 1, 5, "the connection")
+            await server.announce_shutdown(close_after_s=0.3)
+            notice = await recv(ws)
+            assert notice["e"] == "serverShutdown" and notice["E"] == server.clock_ms()
+            with pytest.raises(ConnectionClosed) as closed:
+                await recv(ws)
+        assert closed.value.rcvd is not None and closed.value.rcvd.code == 1001
+
+
+async def test_rest_answers_report_the_weight_used_and_refuse_past_the_limit() -> None:
+    if time.time() % 60 > 50:  # the weight is counted per wall-clock minute: start in one
+        await asyncio.sleep(61 - time.time() % 60)
+    source = KLINES["SOLUSDT"]
+    async with (
+        ReplayServer([source]) as server,
+        aiohttp.ClientSession() as session,
+    ):
+        assert server.weight is not None
+        url = f"{server.rest_url}/api/v3/klines?symbol=SOLUSDT&interval=1m&limit=5"
+        async with session.get(url) as first:
+            assert first.status == 200 and first.headers["X-MBX-USED-WEIGHT-1M"] == "2"
+        server.weight.used = {int(time.time() // 60): 5999}  # as if others used the rest
+        async with session.get(url) as refused:
+            assert refused.status == 429
+            assert refused.headers["X-MBX-USED-WEIGHT-1M"] == "5999"
+            assert 0 < int(refused.headers["Retry-After"]) <= 60

@@ -12,32 +12,26 @@ import dataclasses
 
 import pytest
 import redis.asyncio as aioredis
-from conftest import ServerProcess
-from harness import (
+from support.faults import replay_stored
+from support.servers import ServerProcess
+from support.streamer import (
     REPLAY_GRACE_MS,
-    REPLAY_SPEED,
+    closed_bars,
     comparable,
     expected_bars,
-    running,
-    settings_for,
+    kline_source,
+    replaying,
     stored_bars,
-    wait_until,
 )
 
 from streamer.app import Streamer
 from streamer.core.types import MINUTE_MS, Bar
-from streamer.replay.data import Source, bundled_kline_paths, load_source
-from streamer.replay.server import ReplayServer
+from streamer.replay.data import Source
 
 pytestmark = pytest.mark.integration
 
 SYMBOL = "BTCUSDT"
 KEY = ("binance", SYMBOL)
-
-
-def first_minutes(n: int) -> Source:
-    source = load_source(next(p for p in bundled_kline_paths() if p.name.startswith(SYMBOL)))
-    return dataclasses.replace(source, klines=source.klines[:n])
 
 
 @dataclasses.dataclass
@@ -51,31 +45,11 @@ class Run:
 async def run_streamer(source: Source, stream_from_minute: int, redis_url: str) -> Run:
     """Stream ``source`` from the given minute until the data ends, then stop in order."""
     start = source.first_open_ms + stream_from_minute * MINUTE_MS
-    async with ReplayServer([source], speed=REPLAY_SPEED, start_ms=start) as server:
-        streamer = Streamer(
-            settings_for(server, [SYMBOL], redis_url=redis_url), clock=server.clock_ms
-        )
-        client = aioredis.from_url(redis_url)
-        try:
-            async with running(streamer):
-                at_start = streamer.windows.tail(KEY, 10_000)
-                backfilled = streamer.metrics.backfill_bars.labels("binance")._value.get()
-                await server.wait_finished()
-                end = server.clock_ms()
-                closed = [
-                    b for b in expected_bars(source) if b.close_time_ms + REPLAY_GRACE_MS <= end
-                ]
-
-                async def closed_minutes_stored() -> bool:
-                    bars, marks = await stored_bars(client, *KEY)
-                    return comparable(bars[: len(closed)]) == comparable(closed) and not (
-                        marks & {b.open_time_ms for b in closed}
-                    )
-
-                await wait_until(closed_minutes_stored, 10, "every closed minute in Redis")
-        finally:
-            await client.aclose()
-    return Run(streamer, at_start, backfilled, closed)
+    async with replaying(source, start, redis_url) as (server, streamer):
+        at_start = streamer.windows.tail(KEY, 10_000)
+        backfilled = streamer.metrics.backfill_bars.labels("binance")._value.get()
+        end = await replay_stored(server, redis_url, [source], timeout_s=10)
+    return Run(streamer, at_start, backfilled, closed_bars(source, end, REPLAY_GRACE_MS))
 
 
 async def test_a_restarted_streamer_restores_its_windows_and_backfills_the_downtime(
@@ -83,7 +57,7 @@ async def test_a_restarted_streamer_restores_its_windows_and_backfills_the_downt
 ) -> None:
     url = redis_server.url
     # run 1: minutes 0-5 from start-up backfill, 6-11 streamed
-    run_1 = await run_streamer(first_minutes(12), 6, url)
+    run_1 = await run_streamer(kline_source(SYMBOL, 12), 6, url)
     client = aioredis.from_url(url)
     try:
         after_1, marks_1 = await stored_bars(client, *KEY)
@@ -96,7 +70,7 @@ async def test_a_restarted_streamer_restores_its_windows_and_backfills_the_downt
 
         # run 2, the same recording: streaming resumes at minute 18, so minutes up to 17 are
         # either in Redis already or must come from REST
-        source = first_minutes(24)
+        source = kline_source(SYMBOL, 24)
         run_2 = await run_streamer(source, 18, url)
         expected = expected_bars(source)
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import io
 import json
 import logging
@@ -26,23 +25,33 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import aiohttp
-import aiomqtt
 import pytest
 import redis.asyncio as aioredis
-from conftest import REPO, ServerProcess, _require, free_port
 from fixtures.models import build_model
-from harness import REPLAY_SPEED, expected_bars, running, settings_for, stored_bars
+from support.cli import run_cli
+from support.mqtt import Subscriber, subscribed
+from support.servers import ServerProcess, mosquitto_process, redis_process, serve
+from support.streamer import (
+    REPLAY_SPEED,
+    daemon,
+    daemon_env,
+    expected_bars,
+    kline_source,
+    running,
+    seed_bars,
+    settings_for,
+    stored_bars,
+)
+from support.waits import wait_until
 
 from streamer.app import SHUTDOWN_TIMEOUT_S, Streamer
 from streamer.core.types import MINUTE_MS
-from streamer.io.store import RedisBarStore
 from streamer.logs import JsonFormatter
-from streamer.replay.data import Source, bundled_kline_paths, load_source
+from streamer.replay.data import Source
 from streamer.replay.server import ReplayServer
 
 pytestmark = pytest.mark.integration
@@ -54,73 +63,27 @@ SYMBOL = "BTCUSDT"
 
 
 @pytest.fixture
-def secure_redis(tmp_path: Path) -> Iterator[ServerProcess]:
-    port = free_port()
-    argv = [_require("redis-server"), "--port", str(port), "--bind", "127.0.0.1"]
-    argv += ["--save", "", "--appendonly", "no", "--dir", str(tmp_path)]
-    argv += ["--requirepass", REDIS_SECRET]
-    server = ServerProcess("redis", port, argv)
-    server.start()
-    yield server
-    server.stop()
+def secure_redis(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[ServerProcess]:
+    yield from serve(request, redis_process(tmp_path, "--requirepass", REDIS_SECRET))
 
 
 @pytest.fixture
-def secure_mosquitto(tmp_path: Path) -> Iterator[ServerProcess]:
+def secure_mosquitto(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[ServerProcess]:
     passwd = tmp_path / "mosquitto.passwd"
     tool = shutil.which("mosquitto_passwd") or "/usr/bin/mosquitto_passwd"
     subprocess.run([tool, "-b", "-c", str(passwd), MQTT_USER, MQTT_SECRET], check=True)
     passwd.chmod(0o600)
-    port = free_port()
-    conf = tmp_path / "mosquitto-auth.conf"
-    conf.write_text(
-        f"listener {port} 127.0.0.1\nallow_anonymous false\npassword_file {passwd}\n"
+    settings = (
+        f"allow_anonymous false\npassword_file {passwd}\n"
         # as root, mosquitto would drop to its own user before reading the root-only file
         "persistence false\nset_tcp_nodelay true\nuser root\n"
     )
-    server = ServerProcess("mosquitto", port, [_require("mosquitto"), "-c", str(conf)])
-    server.start()
-    yield server
-    server.stop()
+    yield from serve(request, mosquitto_process(tmp_path, settings))
 
 
-def kline_source(minutes: int) -> Source:
-    source = load_source(next(p for p in bundled_kline_paths() if p.name.startswith(SYMBOL)))
-    return dataclasses.replace(source, klines=source.klines[:minutes])
-
-
-@contextlib.asynccontextmanager
-async def forecasts_seen(port: int) -> AsyncIterator[list[str]]:
-    """Topics of forecasts received by a subscriber that logs in with the real credentials."""
-    topics: list[str] = []
-
-    async def collect() -> None:
-        while True:  # on through broker restarts
-            try:
-                async with aiomqtt.Client(
-                    "127.0.0.1", port, username=MQTT_USER, password=MQTT_SECRET
-                ) as client:
-                    await client.subscribe("tickcast/forecast/#", qos=1)
-                    async for message in client.messages:
-                        topics.append(str(message.topic))
-            except aiomqtt.MqttError:
-                await asyncio.sleep(0.05)
-
-    task = asyncio.create_task(collect(), name="authenticated-subscriber")
-    try:
-        yield topics
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-
-
-async def wait_for(condition: Callable[[], bool], timeout_s: float, what: str) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout_s
-    while not condition():
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
-        await asyncio.sleep(0.05)
+def forecasts_seen(port: int) -> contextlib.AbstractAsyncContextManager[Subscriber]:
+    """A subscriber to the forecasts that logs in with the real credentials."""
+    return subscribed(port, ["tickcast/forecast/#"], username=MQTT_USER, password=MQTT_SECRET)
 
 
 async def redis_bar_count(server: ServerProcess) -> int:
@@ -151,11 +114,11 @@ async def test_credentials_never_reach_logs_metrics_or_errors(
     root.addHandler(json_handler)
     model = tmp_path / "model.onnx"
     model.write_bytes(build_model(version="v1", window=10, horizon=3))
-    source = kline_source(60)
+    source = kline_source(SYMBOL, 60)
     start = source.first_open_ms + 20 * MINUTE_MS
     try:
         async with (
-            forecasts_seen(secure_mosquitto.port) as topics,
+            forecasts_seen(secure_mosquitto.port) as sub,
             ReplayServer([source], speed=REPLAY_SPEED, start_ms=start) as server,
         ):
             settings = settings_for(
@@ -170,14 +133,14 @@ async def test_credentials_never_reach_logs_metrics_or_errors(
             streamer = Streamer(settings, clock=server.clock_ms)
             async with running(streamer):
                 # both credentials work: forecasts reach the subscriber, bars reach Redis
-                await wait_for(lambda: len(topics) >= 3, 20, "authenticated forecasts")
+                await wait_until(lambda: len(sub.messages) >= 3, 20, "authenticated forecasts")
                 assert await redis_bar_count(secure_redis) >= 20
                 # the error paths: both servers go away under the daemon
                 secure_redis.stop()
                 secure_mosquitto.stop()
                 publisher = streamer.publisher
                 assert publisher is not None
-                await wait_for(
+                await wait_until(
                     lambda: streamer.writer.write_errors_total >= 2 and publisher.errors_total >= 2,
                     20,
                     "failed writes and reconnects",
@@ -190,7 +153,7 @@ async def test_credentials_never_reach_logs_metrics_or_errors(
                     metrics = await response.text()
                 secure_redis.start()  # back, so that the ordered stop can drain
                 secure_mosquitto.start()
-                await wait_for(lambda: streamer.writer.buffered == 0, 20, "the drain")
+                await wait_until(lambda: streamer.writer.buffered == 0, 20, "the drain")
     finally:
         root.removeHandler(json_handler)
 
@@ -208,7 +171,7 @@ async def test_credentials_never_reach_logs_metrics_or_errors(
     assert_no_secret(repr(publisher.options), "repr(MqttOptions)")
 
 
-def daemon_env(
+def secrets_env(
     server: ReplayServer,
     redis: ServerProcess,
     mqtt: ServerProcess,
@@ -224,71 +187,54 @@ def daemon_env(
         f.chmod(0o600)
     model = tmp_path / "model.onnx"
     model.write_bytes(build_model(version="v1", window=10, horizon=3))
-    env = {
-        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-        "TICKCAST_SYMBOLS": f"binance:{SYMBOL}",
-        "TICKCAST_WS_URLS": json.dumps({"binance": server.ws_url}),
-        "TICKCAST_REST_URLS": json.dumps({"binance": server.rest_url}),
-        "TICKCAST_CLOCK": "watermark",
-        "TICKCAST_REDIS_URL": f"redis://:{REDIS_SECRET}@127.0.0.1:{redis.port}/0",
-        "TICKCAST_MQTT_URL": f"mqtt://127.0.0.1:{mqtt.port}",
-        "TICKCAST_MQTT_USERNAME": MQTT_USER,
-        "TICKCAST_MQTT_PASSWORD_FILE": str(mqtt_file),
-        "TICKCAST_MODEL_REGISTRY": str(model),
-        "TICKCAST_METRICS_PORT": "0",
-        "TICKCAST_LOG_JSON": "true",
-        "TICKCAST_LOG_LEVEL": "DEBUG",
-    }
-    if redis_password_from_file:
-        env["TICKCAST_REDIS_URL"] = f"redis://127.0.0.1:{redis.port}/0"
-        env["TICKCAST_REDIS_PASSWORD_FILE"] = str(redis_file)
-    return env
-
-
-@contextlib.asynccontextmanager
-async def daemon(env: dict[str, str], log: Path) -> AsyncIterator[asyncio.subprocess.Process]:
-    with log.open("wb") as out:
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "streamer", "run", env=env, cwd=REPO, stdout=out, stderr=out
-        )
-        try:
-            yield proc
-        finally:
-            if proc.returncode is None:
-                proc.kill()
-                await proc.wait()
+    redis_settings = (
+        {"redis_url": f"redis://127.0.0.1:{redis.port}/0", "redis_password_file": str(redis_file)}
+        if redis_password_from_file
+        else {"redis_url": f"redis://:{REDIS_SECRET}@127.0.0.1:{redis.port}/0"}
+    )
+    return daemon_env(
+        server,
+        [SYMBOL],
+        mqtt_url=f"mqtt://127.0.0.1:{mqtt.port}",
+        mqtt_username=MQTT_USER,
+        mqtt_password_file=str(mqtt_file),
+        model_registry=str(model),
+        log_json="true",
+        log_level="DEBUG",
+        **redis_settings,
+    )
 
 
 async def seed(redis: ServerProcess, source: Source, minutes: int) -> None:
     """Real bars as a previous run left them, so windows are full and forecasts come at once."""
-    store = RedisBarStore.from_url(f"redis://127.0.0.1:{redis.port}/0", password=REDIS_SECRET)
-    try:
-        await store.write(expected_bars(source)[:minutes])
-    finally:
-        await store.close()
+    url = f"redis://127.0.0.1:{redis.port}/0"
+    await seed_bars(url, expected_bars(source)[:minutes], password=REDIS_SECRET)
 
 
 async def test_password_files_and_json_logs_of_a_real_process(
     secure_redis: ServerProcess, secure_mosquitto: ServerProcess, tmp_path: Path
 ) -> None:
-    source = kline_source(40)
+    source = kline_source(SYMBOL, 40)
     await seed(secure_redis, source, 20)
     start = source.first_open_ms + 20 * MINUTE_MS
     log = tmp_path / "daemon.log"
     async with (
-        forecasts_seen(secure_mosquitto.port) as topics,
+        forecasts_seen(secure_mosquitto.port) as sub,
         ReplayServer([source], speed=60.0, start_ms=start) as server,
     ):
-        env = daemon_env(server, secure_redis, secure_mosquitto, tmp_path, False)
+        env = secrets_env(server, secure_redis, secure_mosquitto, tmp_path, False)
         async with daemon(env, log) as proc:
             # forecasts reach the subscriber: the daemon logged in with the file's password
-            await wait_for(lambda: len(topics) >= 2 or proc.returncode is not None, 30, "forecasts")
+            await wait_until(
+                lambda: len(sub.messages) >= 2 or proc.returncode is not None, 30, "forecasts"
+            )
             assert proc.returncode is None, log.read_text()[-2000:]
             secure_mosquitto.stop()  # the error paths write their lines too
             await asyncio.sleep(1.0)  # the fault's length: reconnect attempts fail meanwhile
             secure_mosquitto.start()
             proc.send_signal(signal.SIGTERM)
-            assert await asyncio.wait_for(proc.wait(), SHUTDOWN_TIMEOUT_S + 5) == 0
+            async with asyncio.timeout(SHUTDOWN_TIMEOUT_S + 5):
+                assert await proc.wait() == 0
     text = log.read_text(errors="replace")
     lines = text.splitlines()
     for line in lines:  # every line is one JSON event
@@ -301,41 +247,34 @@ async def test_password_files_and_json_logs_of_a_real_process(
 async def test_the_redis_password_file_logs_the_daemon_in(
     secure_redis: ServerProcess, secure_mosquitto: ServerProcess, tmp_path: Path
 ) -> None:
-    source = kline_source(40)
+    source = kline_source(SYMBOL, 40)
     start = source.first_open_ms + 20 * MINUTE_MS
     log = tmp_path / "daemon.log"
     async with ReplayServer([source], speed=60.0, start_ms=start) as server:
-        env = daemon_env(server, secure_redis, secure_mosquitto, tmp_path, True)
+        env = secrets_env(server, secure_redis, secure_mosquitto, tmp_path, True)
         async with daemon(env, log) as proc:
             # the watermark clock closes a minute per second of replay: bars should land
-            deadline = asyncio.get_running_loop().time() + 5
-            count = 0
-            while count < 2 and asyncio.get_running_loop().time() < deadline:
-                await asyncio.sleep(0.2)
-                count = await redis_bar_count(secure_redis)
+
+            async def two_bars_or_exit() -> bool:
+                return proc.returncode is not None or await redis_bar_count(secure_redis) >= 2
+
+            await wait_until(
+                two_bars_or_exit, 5, "bars in Redis: the daemon logging in with the password file"
+            )
             assert proc.returncode is None, log.read_text()[-2000:]
     assert_no_secret(log.read_text(errors="replace"), "the daemon's JSON log")
-    assert count >= 2, "no bars in Redis: the daemon did not log in with the password file"
 
 
 def test_check_config_shows_no_credentials(tmp_path: Path) -> None:
     mqtt_file = tmp_path / "mqtt.secret"
     mqtt_file.write_text(MQTT_SECRET)
     env = {
-        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
         "TICKCAST_REDIS_URL": f"redis://user:{REDIS_SECRET}@127.0.0.1:6379/0",
         "TICKCAST_MQTT_URL": "mqtt://127.0.0.1:1883",
         "TICKCAST_MQTT_PASSWORD": MQTT_SECRET,
         "TICKCAST_MQTT_PASSWORD_FILE": str(mqtt_file),
     }
-    done = subprocess.run(
-        [sys.executable, "-m", "streamer", "check-config"],
-        env=env,
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    done = run_cli("check-config", env=env)
     assert done.returncode == 0, done.stderr
     assert "redis://user:***@127.0.0.1:6379/0" in done.stdout
     assert_no_secret(done.stdout + done.stderr, "check-config output")
@@ -357,18 +296,8 @@ def test_the_settings_repr_shows_no_credentials(monkeypatch: pytest.MonkeyPatch)
 
 
 def test_check_config_shows_no_registry_credentials() -> None:
-    env = {
-        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-        "TICKCAST_MODEL_REGISTRY": f"redis://:{REDIS_SECRET}@127.0.0.1:6379/1",
-    }
-    done = subprocess.run(
-        [sys.executable, "-m", "streamer", "check-config"],
-        env=env,
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    env = {"TICKCAST_MODEL_REGISTRY": f"redis://:{REDIS_SECRET}@127.0.0.1:6379/1"}
+    done = run_cli("check-config", env=env)
     assert done.returncode == 0, done.stderr
     assert_no_secret(done.stdout + done.stderr, "check-config output")
 
@@ -410,6 +339,6 @@ async def test_the_metrics_and_replay_servers_bind_to_loopback_unless_told() -> 
         assert listening_addresses(anywhere.port) == {"00000000"}
     finally:
         await anywhere.stop()
-    async with ReplayServer([kline_source(30)]) as server:
+    async with ReplayServer([kline_source(SYMBOL, 30)]) as server:
         assert server.host == "127.0.0.1"
         assert listening_addresses(server.port) == {LOOPBACK_V4}

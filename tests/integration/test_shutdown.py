@@ -16,46 +16,44 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
-import json
-import os
 import signal
-import sys
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from pathlib import Path
 
-import aiomqtt
 import msgspec
 import pytest
 import redis.asyncio as aioredis
-from conftest import REPO, ServerProcess
-from fixtures.models import build_model
-from harness import stored_bars
+from support.mqtt import STATUS, Subscriber, retained_messages, subscribed
+from support.servers import ServerProcess
+from support.streamer import (
+    SYMBOLS,
+    daemon,
+    daemon_env,
+    kline_sources,
+    log_tail,
+    model_file,
+    seed_bars,
+    stored_bars,
+)
+from support.waits import wait_until
 
 from streamer.app import SHUTDOWN_TIMEOUT_S
 from streamer.cli import EXIT_SECOND_SIGNAL
 from streamer.core.bars import BarAggregator
 from streamer.core.types import MINUTE_MS, Bar, Side, Trade
-from streamer.io.store import RedisBarStore
-from streamer.replay.data import Source, bundled_kline_paths, load_source
+from streamer.replay.data import Source
 from streamer.replay.server import ReplayServer
 
 pytestmark = pytest.mark.integration
 
-SYMBOLS = ("BTCUSDT", "ETHUSDT", "SOLUSDT")
 STORED_MINUTES = 20  # real bars in Redis before the replay starts: more than the model window
 STREAM_MINUTES = 120
 SPEED = 60.0  # a data minute per second
-WINDOW, HORIZON = 10, 3
-STATUS_TOPIC = "tickcast/status/tickcast"
 
 
 def sources() -> list[Source]:
-    out = []
-    for symbol in SYMBOLS:
-        full = load_source(next(p for p in bundled_kline_paths() if symbol in p.name))
-        out.append(dataclasses.replace(full, klines=full.klines[: STORED_MINUTES + STREAM_MINUTES]))
-    return out
+    return kline_sources(STORED_MINUTES + STREAM_MINUTES)
 
 
 def kline_bar(source: Source, index: int) -> Bar:
@@ -81,139 +79,68 @@ def partial_bar(source: Source, open_time_ms: int, n_trades: int) -> Bar:
     return bar
 
 
-class Subscriber:
-    """Every message under ``tickcast/#``, received by a task of this test's loop."""
+@dataclass
+class Running:
+    """The daemon as a process, and what it runs against."""
 
-    def __init__(self, port: int) -> None:
-        self.port = port
-        self.messages: list[tuple[str, bytes]] = []
-        self.subscribed = asyncio.Event()
-
-    async def run(self) -> None:
-        async with aiomqtt.Client("127.0.0.1", self.port) as client:
-            await client.subscribe("tickcast/#", qos=1)
-            self.subscribed.set()
-            async for message in client.messages:
-                assert isinstance(message.payload, bytes)
-                self.messages.append((str(message.topic), message.payload))
-
-    def on(self, topic: str) -> list[bytes]:
-        return [p for t, p in self.messages if t == topic]
-
-    def forecast_symbols(self) -> set[str]:
-        return {t.rsplit("/", 1)[1] for t, _ in self.messages if t.startswith("tickcast/forecast/")}
+    data: list[Source]
+    server: ReplayServer
+    sub: Subscriber
+    proc: asyncio.subprocess.Process
+    log: Path
 
 
 @contextlib.asynccontextmanager
-async def subscribed(port: int) -> AsyncIterator[Subscriber]:
-    subscriber = Subscriber(port)
-    task = asyncio.create_task(subscriber.run())
-    try:
-        await asyncio.wait_for(subscriber.subscribed.wait(), 10)
-        yield subscriber
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-
-
-async def retained_status(port: int) -> bytes | None:
-    """The retained status a new subscriber gets, or None when there is none."""
-    async with aiomqtt.Client("127.0.0.1", port) as client:
-        await client.subscribe(STATUS_TOPIC, qos=1)
-        try:
-            async with asyncio.timeout(2):
-                async for message in client.messages:
-                    assert isinstance(message.payload, bytes)
-                    return message.payload
-        except TimeoutError:
-            return None
-    return None
-
-
-async def wait_for(condition: Callable[[], bool], timeout_s: float, what: str) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout_s
-    while not condition():
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
-        await asyncio.sleep(0.02)
-
-
-@contextlib.asynccontextmanager
-async def streamer_process(
-    server: ReplayServer, redis_url: str, mqtt_url: str, model: Path, log: Path
-) -> AsyncIterator[asyncio.subprocess.Process]:
-    env = {
-        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-        "TICKCAST_SYMBOLS": ",".join(f"binance:{s}" for s in SYMBOLS),
-        "TICKCAST_WS_URLS": json.dumps({"binance": server.ws_url}),
-        "TICKCAST_REST_URLS": json.dumps({"binance": server.rest_url}),
-        "TICKCAST_CLOCK": "watermark",
-        "TICKCAST_REDIS_URL": redis_url,
-        "TICKCAST_MQTT_URL": mqtt_url,
-        "TICKCAST_MODEL_REGISTRY": str(model),
-        "TICKCAST_METRICS_PORT": "0",
-        "TICKCAST_TICK_INTERVAL_S": "0.05",
-        "TICKCAST_LOG_LEVEL": "INFO",
-    }
-    with log.open("wb") as out:
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "streamer", "run", env=env, cwd=REPO, stdout=out, stderr=out
+async def running_daemon(
+    redis: ServerProcess, mosquitto: ServerProcess, tmp_path: Path
+) -> AsyncIterator[Running]:
+    """``tickcast-streamer run`` on the replay of ``sources()``, Redis seeded with the minutes
+    before it, a subscriber listening; killed on exit unless it has exited."""
+    data = sources()
+    await seed_bars(redis.url, [kline_bar(s, i) for s in data for i in range(STORED_MINUTES)])
+    log = tmp_path / "streamer.log"
+    start = data[0].klines[STORED_MINUTES].open_time_ms
+    async with (
+        ReplayServer(data, speed=SPEED, start_ms=start) as server,
+        subscribed(mosquitto.port) as sub,
+    ):
+        env = daemon_env(
+            server,
+            SYMBOLS,
+            redis_url=redis.url,
+            mqtt_url=mosquitto.url,
+            model_registry=str(model_file(tmp_path)),
         )
-        try:
-            yield proc
-        finally:
-            if proc.returncode is None:
-                proc.kill()
-                await proc.wait()
-
-
-async def seed_redis(redis_url: str, data: list[Source]) -> None:
-    store = RedisBarStore.from_url(redis_url)
-    try:
-        await store.write([kline_bar(s, i) for s in data for i in range(STORED_MINUTES)])
-    finally:
-        await store.close()
-
-
-def tail_of(log: Path) -> str:
-    return log.read_text(errors="replace")[-3000:]
+        async with daemon(env, log) as proc:
+            yield Running(data, server, sub, proc, log)
 
 
 async def test_sigterm_stores_partial_bars_says_offline_and_exits_zero(
     redis_server: ServerProcess, mosquitto_server: ServerProcess, tmp_path: Path
 ) -> None:
-    data = sources()
-    await seed_redis(redis_server.url, data)
-    model = tmp_path / "model.onnx"
-    model.write_bytes(build_model(version="v1", window=WINDOW, horizon=HORIZON))
-    log = tmp_path / "streamer.log"
-    start = data[0].klines[STORED_MINUTES].open_time_ms
-    async with (
-        ReplayServer(data, speed=SPEED, start_ms=start) as server,
-        subscribed(mosquitto_server.port) as sub,
-        streamer_process(server, redis_server.url, mosquitto_server.url, model, log) as proc,
-    ):
-        await wait_for(
+    async with running_daemon(redis_server, mosquitto_server, tmp_path) as run:
+        sub, proc, log = run.sub, run.proc, run.log
+        await wait_until(
             lambda: sub.forecast_symbols() == set(SYMBOLS) or proc.returncode is not None,
             30,
             "forecasts of every symbol",
         )
-        assert proc.returncode is None, tail_of(log)
+        assert proc.returncode is None, log_tail(log)
         proc.send_signal(signal.SIGTERM)
         try:
-            code = await asyncio.wait_for(proc.wait(), SHUTDOWN_TIMEOUT_S + 5)
+            async with asyncio.timeout(SHUTDOWN_TIMEOUT_S + 5):
+                code = await proc.wait()
         except TimeoutError:
-            raise AssertionError("no exit within the shutdown timeout\n" + tail_of(log)) from None
-        assert code == 0, tail_of(log)
-        await wait_for(lambda: sub.on(STATUS_TOPIC)[-1:] == [b"offline"], 5, "offline status")
-        sent = {s: server.sent.minutes(s) for s in SYMBOLS}
-    assert sub.on(STATUS_TOPIC) == [b"online", b"offline"]
-    assert await retained_status(mosquitto_server.port) == b"offline"
+            raise AssertionError("no exit within the shutdown timeout\n" + log_tail(log)) from None
+        assert code == 0, log_tail(log)
+        await wait_until(lambda: sub.on(STATUS)[-1:] == [b"offline"], 5, "offline status")
+        sent = {s: run.server.sent.minutes(s) for s in SYMBOLS}
+    assert sub.on(STATUS) == [b"online", b"offline"]
+    assert (await retained_messages(mosquitto_server.port, STATUS)).get(STATUS) == b"offline"
 
     client = aioredis.Redis.from_url(redis_server.url)
     try:
-        for source in data:
+        for source in run.data:
             symbol = source.symbol
             bars, incomplete = await stored_bars(client, "binance", symbol)
             newest = bars[-1]
@@ -245,24 +172,16 @@ async def test_sigterm_stores_partial_bars_says_offline_and_exits_zero(
 async def test_a_second_signal_exits_at_once_with_130(
     redis_server: ServerProcess, mosquitto_server: ServerProcess, tmp_path: Path
 ) -> None:
-    data = sources()
-    await seed_redis(redis_server.url, data)
-    model = tmp_path / "model.onnx"
-    model.write_bytes(build_model(version="v1", window=WINDOW, horizon=HORIZON))
-    log = tmp_path / "streamer.log"
-    start = data[0].klines[STORED_MINUTES].open_time_ms
-    async with (
-        ReplayServer(data, speed=SPEED, start_ms=start) as server,
-        subscribed(mosquitto_server.port) as sub,
-        streamer_process(server, redis_server.url, mosquitto_server.url, model, log) as proc,
-    ):
+    async with running_daemon(redis_server, mosquitto_server, tmp_path) as run:
+        proc = run.proc
         # online means the signal handlers are installed (they come before the first connect)
-        await wait_for(
-            lambda: bool(sub.on(STATUS_TOPIC)) or proc.returncode is not None, 30, "online status"
+        await wait_until(
+            lambda: bool(run.sub.on(STATUS)) or proc.returncode is not None, 30, "online status"
         )
-        assert proc.returncode is None, tail_of(log)
+        assert proc.returncode is None, log_tail(run.log)
         proc.send_signal(signal.SIGTERM)
         proc.send_signal(signal.SIGINT)
-        code = await asyncio.wait_for(proc.wait(), 3)
-    assert code == EXIT_SECOND_SIGNAL == 130, tail_of(log)
-    assert "second signal, exiting now" in log.read_text()
+        async with asyncio.timeout(3):
+            code = await proc.wait()
+    assert code == EXIT_SECOND_SIGNAL == 130, log_tail(run.log)
+    assert "second signal, exiting now" in run.log.read_text()

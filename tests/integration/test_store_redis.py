@@ -1,11 +1,12 @@
 """Bar window store against a real redis-server (and MemoryBarStore, which must agree with it).
 
-Bars are real: 1-minute OHLCV plus trade counts aggregated from recorded trades in
-../shared/data/trades/ (see its SOURCES.md): Binance USD-M BTCUSDT (tardis.dev, 2020-02-22
-00:00-00:11 UTC), Binance ETHUSDT (freqtrade test data, 2023-02-02 09:20-09:22 UTC) and Kraken
-XBTUSDT (nautilus_trader test data, 2025-11-10 17:23-17:27 UTC, minutes without trades absent).
-The "partial" bars aggregate only the first 30 s and 15 s of their minute: what a feed that
-dropped mid-minute would have closed as incomplete.
+Bars are real: 1-minute OHLCV plus trade counts aggregated from recorded trades: Binance USD-M
+BTCUSDT (tardis.dev, 2020-02-22 00:00-00:11 UTC; tests/support/bars.py), Binance ETHUSDT
+(freqtrade test data, 2023-02-02 09:20-09:22 UTC) and Kraken XBTUSDT (nautilus_trader test
+data, 2025-11-10 17:23-17:27 UTC, minutes without trades absent; the trades are
+streamer/replay/data/BTC-USDT_trades_20251110_1723-20251111_0013_kraken.csv.gz). The "partial"
+bars aggregate only the first 30 s and 15 s of their minute: what a feed that dropped
+mid-minute would have closed as incomplete.
 """
 
 from __future__ import annotations
@@ -14,53 +15,45 @@ import asyncio
 import json
 import logging
 import socket
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable
 from typing import Protocol
 
 import msgspec
 import pytest
 import redis.asyncio as aioredis
+from support.bars import BTC, Row, bars
+from support.waits import wait_until
 
-from streamer.core.backoff import Backoff
-from streamer.core.codec import encode_bar, incomplete_key
+from streamer.core.contracts.redis_bars import encode_bar, incomplete_key
+from streamer.core.retry import RetryPolicy
 from streamer.core.types import Bar
 from streamer.io.store import (
     BarStore,
     BufferedBarWriter,
     MemoryBarStore,
     RedisBarStore,
+    StoreRejected,
     StoreUnavailable,
 )
 
-BTC_ROWS = [
-    (1582329600000, 9682.0, 9684.69, 9681.28, 9682.31, 35.713, 90),
-    (1582329660000, 9681.93, 9683.5, 9666.66, 9673.15, 70.843, 176),
-    (1582329720000, 9673.86, 9678.6, 9666.84, 9668.74, 57.815, 172),
-    (1582329780000, 9669.41, 9675.19, 9669.41, 9673.21, 41.962, 88),
-    (1582329840000, 9674.46, 9674.46, 9670.28, 9671.21, 26.525, 68),
-    (1582329900000, 9670.28, 9676.47, 9668.97, 9676.47, 38.021, 107),
-    (1582329960000, 9676.46, 9679.09, 9675.7, 9675.8, 24.121, 70),
-    (1582330020000, 9676.49, 9678.72, 9675.38, 9677.91, 16.946, 47),
-    (1582330080000, 9677.21, 9681.2, 9676.14, 9681.1, 9.038, 50),
-    (1582330140000, 9681.09, 9686.85, 9679.66, 9686.84, 36.641, 77),
-    (1582330200000, 9686.84, 9686.85, 9686.84, 9686.85, 110.121, 81),
-    (1582330260000, 9686.85, 9689.34, 9686.84, 9687.99, 45.963, 66),
-]
-BTC_PARTIAL_ROWS = [
-    (1582329660000, 9681.93, 9683.5, 9678.59, 9678.59, 25.384, 56),
-    (1582329900000, 9670.28, 9671.49, 9669.5, 9669.5, 5.347, 22),
-]
-ETH_ROWS = [
+ETH_ROWS: list[Row] = [
     (1675329600000, 1666.8, 1667.25, 1666.68, 1667.23, 931.486, 265),
     (1675329660000, 1667.23, 1667.28, 1667.0, 1667.27, 1390.166, 193),
     (1675329720000, 1667.27, 1667.28, 1666.21, 1666.73, 2249.229, 326),
 ]
-KRAKEN_ROWS = [
+BTC_PARTIAL_ROWS: list[Row] = [  # the first 30 s and 15 s of BTC minutes 1 and 5
+    (1582329660000, 9681.93, 9683.5, 9678.59, 9678.59, 25.384, 56),
+    (1582329900000, 9670.28, 9671.49, 9669.5, 9669.5, 5.347, 22),
+]
+KRAKEN_ROWS: list[Row] = [
     (1762795380000, 105433.6, 105433.6, 105433.6, 105433.6, 0.00027625, 1),
     (1762795440000, 105410.1, 105410.1, 105351.1, 105351.1, 0.0095537, 5),
     (1762795560000, 105413.7, 105413.7, 105413.7, 105413.7, 1.00229159, 13),
     (1762795620000, 105413.6, 105413.6, 105413.6, 105413.6, 0.019, 2),
 ]
+BTC_PARTIAL = bars("binance", "BTCUSDT", BTC_PARTIAL_ROWS, complete=False)
+ETH = bars("binance", "ETHUSDT", ETH_ROWS)
+KRAKEN = bars("kraken", "BTC-USDT", KRAKEN_ROWS)
 
 
 class Server(Protocol):
@@ -80,34 +73,11 @@ def closed_port() -> int:
         return int(s.getsockname()[1])
 
 
-Row = tuple[int, float, float, float, float, float, int]
-
-
-def bars(exchange: str, symbol: str, rows: Sequence[Row], complete: bool = True) -> list[Bar]:
-    return [Bar(exchange, symbol, *row, complete=complete) for row in rows]
-
-
-BTC = bars("binance", "BTCUSDT", BTC_ROWS)
-BTC_PARTIAL = bars("binance", "BTCUSDT", BTC_PARTIAL_ROWS, complete=False)
-ETH = bars("binance", "ETHUSDT", ETH_ROWS)
-KRAKEN = bars("kraken", "BTC-USDT", KRAKEN_ROWS)
 CAP = 5
 
 
 def incomplete(bar: Bar) -> Bar:
     return msgspec.structs.replace(bar, complete=False)
-
-
-async def wait_until(
-    condition: Callable[[], Awaitable[bool]], timeout_s: float = 15.0, what: str = ""
-) -> None:
-    """Poll ``condition`` until true; fail with ``what`` after ``timeout_s``."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout_s
-    while not await condition():
-        if loop.time() > deadline:
-            pytest.fail(f"timed out after {timeout_s}s waiting for {what}")
-        await asyncio.sleep(0.02)
 
 
 @pytest.fixture(params=["memory", pytest.param("redis", marks=pytest.mark.integration)])
@@ -339,7 +309,7 @@ async def test_password_in_url_works_and_never_shows(
 
     caplog.set_level(logging.DEBUG, logger="streamer")
     nobody = RedisBarStore.from_url(f"redis://:s3cret-pw@127.0.0.1:{closed_port()}/0")
-    writer = BufferedBarWriter(nobody, backoff=Backoff(0.01, 0.05))
+    writer = BufferedBarWriter(nobody, policy=RetryPolicy(0.01, 0.05))
     writer.connected = True  # as if it had been up: the outage gets logged
     writer.submit(BTC[0:1])
     assert await writer.flush(0.3) == 1
@@ -347,6 +317,29 @@ async def test_password_in_url_works_and_never_shows(
     assert "redis://:***@127.0.0.1" in caplog.text
     assert "s3cret-pw" not in caplog.text
     await nobody.close()
+
+
+@pytest.mark.integration
+async def test_a_round_redis_refuses_is_rejected_dropped_and_later_rounds_still_land(
+    redis_server: Server, raw_redis: aioredis.Redis
+) -> None:
+    """A key of the wrong type (written by something else) refuses every round that touches
+    it; that is permanent, so the writer drops the round instead of retrying it forever."""
+    await raw_redis.set("tickcast:bars:binance:ETHUSDT", b"not a list")
+    store = RedisBarStore.from_url(redis_server.url, cap=CAP)
+    with pytest.raises(StoreRejected, match="WRONGTYPE"):
+        await store.write(ETH[0:1])
+    with pytest.raises(StoreRejected, match="WRONGTYPE"):
+        await store.load("binance", "ETHUSDT", 10)
+    writer = BufferedBarWriter(store, policy=RetryPolicy(0.01, 0.05))
+    writer.submit([ETH[0], BTC[0]])  # the script stops at ETH, before it gets to BTC
+    assert await writer.flush(10.0) == 0
+    writer.submit([BTC[1]])
+    assert await writer.flush(10.0) == 0
+    assert writer.dropped_by_reason == {"overflow": 0, "rejected": 2}
+    assert writer.write_errors_total == 1
+    assert await store.load("binance", "BTCUSDT", 10) == BTC[1:2]
+    await store.close()
 
 
 # --- BufferedBarWriter against a Redis that goes away ---
@@ -358,7 +351,9 @@ async def test_writer_buffers_through_a_redis_outage_and_writes_everything_once(
 ) -> None:
     store = RedisBarStore.from_url(redis_server.url, socket_timeout=1.0)
     latencies: list[float] = []
-    writer = BufferedBarWriter(store, backoff=Backoff(0.01, 0.1), on_write_latency=latencies.append)
+    writer = BufferedBarWriter(
+        store, policy=RetryPolicy(0.01, 0.1), on_write_latency=latencies.append
+    )
 
     async def window(exchange: str, symbol: str) -> list[Bar]:
         return await store.load(exchange, symbol, 100)
@@ -370,7 +365,7 @@ async def test_writer_buffers_through_a_redis_outage_and_writes_everything_once(
         async def first_round_written() -> bool:
             return await window("binance", "BTCUSDT") == BTC[0:1]
 
-        await wait_until(first_round_written, what="the first round")
+        await wait_until(first_round_written, 15, "the first round")
         assert writer.connected and latencies and writer.last_write_seconds == latencies[-1]
         await raw_redis.save()  # persisted, so the restarted server starts from here
         redis_server.stop()
@@ -381,7 +376,7 @@ async def test_writer_buffers_through_a_redis_outage_and_writes_everything_once(
         async def outage_seen() -> bool:
             return writer.write_errors_total > 0 and not writer.connected
 
-        await wait_until(outage_seen, what="the writer to notice the outage")
+        await wait_until(outage_seen, 15, "the writer to notice the outage")
         assert writer.buffered == 14
         assert writer.dropped_total == 0
 
@@ -390,7 +385,7 @@ async def test_writer_buffers_through_a_redis_outage_and_writes_everything_once(
         async def all_written() -> bool:
             return writer.buffered == 0 and writer.connected
 
-        await wait_until(all_written, what="the backlog to drain")
+        await wait_until(all_written, 15, "the backlog to drain")
         task.cancel()
 
     assert await window("binance", "BTCUSDT") == BTC
@@ -404,7 +399,7 @@ async def test_writer_overflow_drops_the_oldest_and_counts_them(
     redis_server: Server,
 ) -> None:
     store = RedisBarStore.from_url(redis_server.url, socket_timeout=1.0)
-    writer = BufferedBarWriter(store, max_bars=5, backoff=Backoff(0.01, 0.05))
+    writer = BufferedBarWriter(store, max_bars=5, policy=RetryPolicy(0.01, 0.05))
     redis_server.stop()
     writer.submit(BTC)
     assert (writer.buffered, writer.dropped_total) == (5, 7)

@@ -15,25 +15,30 @@ tests/integration/test_publisher.py::test_tls_with_client_certificates.)
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import dataclasses
-import json
 import subprocess
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import aiomqtt
 import pytest
 import redis.asyncio as aioredis
-from conftest import ServerProcess, _require, free_port
 from fixtures.models import build_model, publish_redis
-from harness import REPLAY_SPEED, expected_bars, running, settings_for, stored_bars
+from support.mqtt import subscribed
+from support.servers import ServerProcess, free_port, mosquitto_process, require, serve
+from support.streamer import (
+    REPLAY_SPEED,
+    expected_bars,
+    kline_source,
+    running,
+    settings_for,
+    stored_bars,
+)
+from support.waits import wait_until
 
 from streamer.app import Streamer
 from streamer.core.types import MINUTE_MS
 from streamer.io.store import RedisBarStore
-from streamer.replay.data import bundled_kline_paths, load_source
 from streamer.replay.server import ReplayServer
 
 pytestmark = pytest.mark.integration
@@ -62,14 +67,6 @@ def make_leaf(d: Path, ca: str, name: str, ext: str) -> None:
             "-extfile", f"{name}.ext", cwd=d)  # fmt: skip
 
 
-async def wait_for(condition: Callable[[], bool], timeout_s: float, what: str) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout_s
-    while not condition():
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
-        await asyncio.sleep(0.05)
-
-
 @dataclasses.dataclass
 class Pki:
     dir: Path
@@ -94,32 +91,24 @@ def pki(tmp_path: Path) -> Pki:
 
 
 @pytest.fixture
-def tls_redis(pki: Pki) -> Iterator[ServerProcess]:
+def tls_redis(request: pytest.FixtureRequest, pki: Pki) -> Iterator[ServerProcess]:
     port = free_port()
-    argv = [_require("redis-server"), "--port", "0", "--tls-port", str(port),
+    argv = [require("redis-server"), "--port", "0", "--tls-port", str(port),
             "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", str(pki.dir),
             "--tls-cert-file", pki.path("server.crt"), "--tls-key-file", pki.path("server.key"),
             "--tls-ca-cert-file", pki.path("ca.crt"), "--tls-auth-clients", "yes"]  # fmt: skip
-    server = ServerProcess("redis", port, argv)
-    server.start()
-    yield server
-    server.stop()
+    yield from serve(request, ServerProcess("redis", port, argv))
 
 
 @pytest.fixture
-def tls_mosquitto(pki: Pki) -> Iterator[ServerProcess]:
-    port = free_port()
-    conf = pki.dir / "mosquitto-tls.conf"
-    conf.write_text(
-        f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
+def tls_mosquitto(request: pytest.FixtureRequest, pki: Pki) -> Iterator[ServerProcess]:
+    settings = (
+        "allow_anonymous true\npersistence false\n"
         "user root\n"  # as root, it would drop privileges before reading the root-only keys
         f"cafile {pki.path('ca.crt')}\ncertfile {pki.path('server.crt')}\n"
         f"keyfile {pki.path('server.key')}\nrequire_certificate true\n"
     )
-    server = ServerProcess("mosquitto", port, [_require("mosquitto"), "-c", str(conf)])
-    server.start()
-    yield server
-    server.stop()
+    yield from serve(request, mosquitto_process(pki.dir, settings))
 
 
 async def test_bars_models_and_forecasts_over_tls_from_settings(
@@ -131,48 +120,36 @@ async def test_bars_models_and_forecasts_over_tls_from_settings(
         await publish_redis(admin, "v1", build_model(version="v1", window=10, horizon=3))
     finally:
         await admin.aclose()
-    source = load_source(next(p for p in bundled_kline_paths() if p.name.startswith(SYMBOL)))
-    source = dataclasses.replace(source, klines=source.klines[:40])
+    source = kline_source(SYMBOL, 40)
     start = source.first_open_ms + 20 * MINUTE_MS
     tls = aiomqtt.TLSParameters(
         ca_certs=pki.path("ca.crt"), certfile=pki.path("client.crt"), keyfile=pki.path("client.key")
     )
-    forecasts: list[dict[str, object]] = []
+    async with (
+        subscribed(tls_mosquitto.port, ["tickcast/forecast/#"], tls_params=tls) as subscriber,
+        ReplayServer([source], speed=REPLAY_SPEED, start_ms=start) as server,
+    ):
+        settings = settings_for(
+            server,
+            [SYMBOL],
+            redis_url=pki.redis_url(tls_redis.port),
+            model_registry=registry_url,
+            mqtt_url=f"mqtts://127.0.0.1:{tls_mosquitto.port}",
+            mqtt_tls_ca_file=pki.path("ca.crt"),
+            mqtt_tls_cert_file=pki.path("client.crt"),
+            mqtt_tls_key_file=pki.path("client.key"),
+        )
+        streamer = Streamer(settings, clock=server.clock_ms)
+        async with running(streamer):
+            await server.wait_finished()
+            await wait_until(lambda: len(subscriber.messages) >= 10, 10, "forecasts over TLS")
+            assert streamer.writer.connected and streamer.publisher is not None
+            assert streamer.publisher.connected
 
-    async def subscribe() -> None:
-        async with aiomqtt.Client("127.0.0.1", tls_mosquitto.port, tls_params=tls) as client:
-            await client.subscribe("tickcast/forecast/#", qos=1)
-            async for message in client.messages:
-                assert isinstance(message.payload, bytes)
-                forecasts.append(json.loads(message.payload))
-
-    subscriber = asyncio.create_task(subscribe(), name="tls-subscriber")
-    try:
-        async with ReplayServer([source], speed=REPLAY_SPEED, start_ms=start) as server:
-            settings = settings_for(
-                server,
-                [SYMBOL],
-                redis_url=pki.redis_url(tls_redis.port),
-                model_registry=registry_url,
-                mqtt_url=f"mqtts://127.0.0.1:{tls_mosquitto.port}",
-                mqtt_tls_ca_file=pki.path("ca.crt"),
-                mqtt_tls_cert_file=pki.path("client.crt"),
-                mqtt_tls_key_file=pki.path("client.key"),
-            )
-            streamer = Streamer(settings, clock=server.clock_ms)
-            async with running(streamer):
-                await server.wait_finished()
-                await wait_for(lambda: len(forecasts) >= 10, 10, "forecasts over TLS")
-                assert streamer.writer.connected and streamer.publisher is not None
-                assert streamer.publisher.connected
-    finally:
-        subscriber.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await subscriber
-
+    forecasts = subscriber.forecasts()
     # the model came from the TLS registry, the forecasts went out over TLS
     assert len(forecasts) >= 10
-    assert {f["model"]["version"] for f in forecasts} == {"v1"}  # type: ignore[index]
+    assert {f["model"]["version"] for f in forecasts} == {"v1"}
     # and every bar went to Redis over TLS: the first 20 from the start-up backfill
     client = aioredis.from_url(pki.redis_url(tls_redis.port))
     try:

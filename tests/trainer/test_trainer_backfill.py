@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +30,7 @@ async def test_backfill_pages_through_klines_and_honours_retry_after(tmp_path: P
         server.faults.rest_429 = 1
         server.faults.rest_418 = 1
         server.faults.retry_after_s = 7
-        result = await asyncio.to_thread(
+        run = functools.partial(
             backfill,
             store,
             server.rest_url,
@@ -40,17 +41,8 @@ async def test_backfill_pages_through_klines_and_honours_retry_after(tmp_path: P
             sleep=sleeps.append,
             log=lambda _: None,
         )
-        again = await asyncio.to_thread(
-            backfill,
-            store,
-            server.rest_url,
-            "binance",
-            "BTCUSDT",
-            start,
-            end,
-            sleep=sleeps.append,
-            log=lambda _: None,
-        )
+        result = await asyncio.to_thread(run)
+        again = await asyncio.to_thread(run)  # the same range again: nothing new to store
         requests = server.sent.rest_requests
     assert (result.pages, result.bars, result.throttled) == (3, 2500, 2)
     assert sleeps.count(7.0) == 2  # one Retry-After wait for the 429, one for the 418
@@ -96,3 +88,26 @@ async def test_backfill_reports_an_unknown_symbol() -> None:
                 sleep=lambda _: None,
                 log=lambda _: None,
             )
+
+
+async def test_a_long_ip_ban_ends_the_run_at_once_without_calling_again(tmp_path: Path) -> None:
+    expected = read_csv_bars(REPLAY_BTC).bars
+    first = int(expected.open_time_ms[0])
+    sleeps: list[float] = []
+    async with ReplayServer([REPLAY_BTC], start_ms=first + 3000 * MIN) as server:
+        server.faults.rest_418 = 1
+        server.faults.retry_after_s = 3 * 86400  # Binance's longest ban: three days
+        with pytest.raises(BackfillError, match="banned this IP for 259200 s"):
+            await asyncio.to_thread(
+                backfill,
+                HistoryStore(tmp_path),
+                server.rest_url,
+                "binance",
+                "BTCUSDT",
+                first,
+                first + 100 * MIN,
+                sleep=sleeps.append,
+                log=lambda _: None,
+            )
+        assert [e.status for e in server.rest_log] == [418]
+    assert sleeps == []

@@ -138,8 +138,13 @@ def test_train_publishes_through_the_gate_then_operators_promote_and_roll_back(
     report = json.loads((out / "report.json").read_text())
     figures = manifest["gate"]["figures"]
     expected = (
-        figures["candidate_pinball_bps"] < figures["ewma_pinball_bps"]
+        figures["candidate_pinball_bps"]
+        < min(figures["ewma_pinball_bps"], figures["har_pinball_bps"])
         and figures["candidate_mae_bps"] <= figures["persistence_mae_bps"]
+    )
+    pooled = report["all"]["contenders"]
+    assert figures["har_pinball_bps"] == pytest.approx(
+        sum(r["pinball_bps"] for r in pooled["har_band"]["per_h"]) / figures["horizons"]
     )
     assert (manifest["gate"]["decision"] == "promote") == expected
     assert manifest["status"] == ("promoted" if expected else "candidate")
@@ -162,7 +167,9 @@ def test_train_publishes_through_the_gate_then_operators_promote_and_roll_back(
     assert cur is not None  # the current model was scored on the same window
     assert (m2["gate"]["decision"] == "promote") == (
         m2["gate"]["figures"]["candidate_pinball_bps"]
-        < min(cur, m2["gate"]["figures"]["ewma_pinball_bps"])
+        < min(
+            cur, m2["gate"]["figures"]["ewma_pinball_bps"], m2["gate"]["figures"]["har_pinball_bps"]
+        )
         and m2["gate"]["figures"]["candidate_mae_bps"]
         <= m2["gate"]["figures"]["persistence_mae_bps"]
     )
@@ -199,6 +206,12 @@ def test_train_publishes_through_the_gate_then_operators_promote_and_roll_back(
     table = capsys.readouterr().out
     assert "| binance:BTCUSDT | 15 | 46 |" in table  # 180 bars - 60 before 01:00 ... - 15 ahead
     assert f"| {v2} |" in table
+    # both models' pinball ratios to both bands; an hour is too short for the clock factors
+    assert "| pinball EWMA (bp) | ratio to EWMA | pinball HAR (bp) | ratio to HAR |" in table
+    assert f"| binance:BTCUSDT | 15 | {v2} |" in table
+    assert "HAR band (plain: no clock seasonality on this fit range)" in table
+    har_row = next(line for line in table.splitlines() if line.startswith("| har_band |"))
+    assert har_row.endswith("| 1.000 |") and "inf" not in har_row
 
 
 def test_daily_yahoo_data_trains_with_the_same_code(tmp_path: Path) -> None:

@@ -1,4 +1,9 @@
-"""History import and store: every CSV layout, Redis bar lists, bad rows with file:line."""
+"""History import and store: every CSV layout, Redis bar lists, bad rows with file:line.
+
+The Redis import reads the streamer's lists through the streamer's own bar contract: a bar the
+streamer still marks incomplete (its minute overlapped an outage) is never imported, and the
+complete bar that backfill puts in its place replaces whatever the store holds for the minute.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from streamer.core.contracts.redis_bars import bars_key, encode_bar
+from streamer.core.types import MINUTE_MS, Bar
 from trainer.data import (
     BarTable,
     Gap,
@@ -19,7 +26,6 @@ from trainer.data import (
     parse_redis_bars,
     read_csv_bars,
     read_redis_bars,
-    redis_bars_key,
 )
 
 REPO = Path(__file__).resolve().parents[2]
@@ -191,10 +197,79 @@ def test_redis_bar_list_elements_parse_and_bad_ones_are_named() -> None:
     ]
     elements.insert(2, b"{not json")
     elements.append(b'[1682294700000, "x", 1, 1, 1, 1, 3]')
+    elements.append(b"[1682294730000, 1, 1, 1, 1, 1, 3]")  # half a minute
+    elements.append(b"[1682294760000, 1, 2, 1.5, 1, 1, 3]")  # low above open and close
+    elements.append(b"[1682294820000, 0, 0, 0, 0, 1, 3]")  # no price
+    elements.append(b"[1682294880000, 1, 1, 1, 1, 1]")  # no trade count
     result = parse_redis_bars("redis://h/tickcast:bars:binance:BTCUSDT", elements)
     assert len(result.bars) == 5
     assert np.array_equal(result.bars.ohlcv, bars.ohlcv[:5])
-    assert [(b.line, b.reason) for b in result.bad_rows] == [(3, "not_json"), (7, "non_numeric")]
+    got = [(b.line, b.reason, b.detail.split(":")[0]) for b in result.bad_rows]
+    assert got == [
+        (3, "bad_bar", "malformed bar b'{not json'"),
+        (7, "bad_bar", "malformed bar b'[1682294700000, \"x\", 1, 1, 1, 1, 3]'"),
+        (8, "bad_bar", "bar open time is not a minute start"),
+        (9, "bad_bar", "bar prices out of order (need low <= open, close <= high)"),
+        (10, "non_positive_price", "b'[1682294820000, 0, 0, 0, 0, 1, 3]'"),
+        (11, "bad_bar", "malformed bar b'[1682294880000, 1, 1, 1, 1, 1]'"),
+    ]
+    assert "Expected `float`, got `str`" in result.bad_rows[1].detail
+
+
+def _streamer_bars(n: int) -> list[Bar]:
+    """The first ``n`` bars of the real BTCUSDT dump, as the streamer holds them."""
+    bars = read_csv_bars(FIXTURES / "binance_dump_BTCUSDT_1m_2023-04-24_ms.csv").bars
+    return [
+        Bar("binance", "BTCUSDT", int(t), *row.tolist(), 42)
+        for t, row in zip(bars.open_time_ms[:n], bars.ohlcv[:n], strict=True)
+    ]
+
+
+def _partial(bar: Bar) -> Bar:
+    """What the streamer closes for ``bar``'s minute when an outage cut it short: the first
+    trades only (less volume, another close), marked incomplete."""
+    close = (bar.open + bar.close) / 2
+    return Bar(
+        bar.exchange,
+        bar.symbol,
+        bar.open_time_ms,
+        bar.open,
+        max(bar.open, close),
+        min(bar.open, close),
+        close,
+        bar.volume / 3,
+        bar.trades // 3,
+        complete=False,
+    )
+
+
+def _bar_table(bars: list[Bar]) -> BarTable:
+    return BarTable(
+        np.array([b.open_time_ms for b in bars], dtype=np.int64),
+        np.array([[b.open, b.high, b.low, b.close, b.volume] for b in bars], dtype=np.float64),
+        np.arange(1, len(bars) + 1, dtype=np.int64),
+    )
+
+
+def test_redis_bars_marked_incomplete_are_not_imported() -> None:
+    bars = _streamer_bars(6)
+    marked = {bars[2].open_time_ms, bars[4].open_time_ms}
+    result = parse_redis_bars("redis", [encode_bar(b) for b in bars], marked)
+    assert result.bars.open_time_ms.tolist() == [bars[i].open_time_ms for i in (0, 1, 3, 5)]
+    assert result.bad_rows == ()
+    assert result.incomplete == 2
+
+
+def test_store_append_with_replace_takes_the_new_bar(tmp_path: Path) -> None:
+    bars = _streamer_bars(6)
+    store = HistoryStore(tmp_path)
+    store.append("binance", "BTCUSDT", MINUTE_MS, _bar_table([*bars[:3], _partial(bars[3])]), "a")
+    result = store.append("binance", "BTCUSDT", MINUTE_MS, _bar_table(bars), "b", replace=True)
+    assert (result.added, result.unchanged, result.replaced, result.conflicts) == (2, 3, 1, ())
+    loaded = store.load("binance", "BTCUSDT")
+    assert np.array_equal(loaded.ohlcv, _bar_table(bars).ohlcv)
+    again = store.append("binance", "BTCUSDT", MINUTE_MS, _bar_table(bars), "b", replace=True)
+    assert (again.added, again.unchanged, again.replaced) == (0, 6, 0)
 
 
 @pytest.mark.integration
@@ -203,7 +278,7 @@ def test_redis_import_reads_the_streamers_bar_list(redis_server, tmp_path: Path)
 
     bars = read_csv_bars(FIXTURES / "binance_dump_BTCUSDT_1m_2023-04-24_ms.csv").bars
     client = redis.Redis.from_url(redis_server.url)
-    key = redis_bars_key("binance", "BTCUSDT")
+    key = bars_key("binance", "BTCUSDT")
     client.rpush(
         key,
         *[
@@ -223,3 +298,39 @@ def test_redis_import_reads_the_streamers_bar_list(redis_server, tmp_path: Path)
     assert pull_redis(store, redis_server.url, None, lambda _: None) == 180
     assert pull_redis(store, redis_server.url, None, lambda _: None) == 0  # idempotent
     assert len(store.load("binance", "BTCUSDT")) == 180
+
+
+@pytest.mark.integration
+async def test_a_partial_bar_from_an_outage_never_becomes_training_data(
+    redis_server,  # type: ignore[no-untyped-def]
+    tmp_path: Path,
+) -> None:
+    """Defect: the import ignored tickcast:incomplete:* and the store kept the first bar written,
+    so the partial bar of an outage's minute stayed in the training data for good."""
+    from streamer.io.store import RedisBarStore
+    from trainer.pipeline import pull_redis
+
+    bars = _streamer_bars(10)
+    partial = _partial(bars[5])
+    with_partial = [*bars[:5], partial, *bars[6:]]
+    streamer = RedisBarStore.from_url(redis_server.url)
+    try:
+        await streamer.write(with_partial)  # minute 5 overlapped a feed outage
+        store = HistoryStore(tmp_path / "history")
+        assert pull_redis(store, redis_server.url, None, lambda _: None) == 9
+        assert store.load("binance", "BTCUSDT").open_time_ms.tolist() == [
+            b.open_time_ms for b in bars if b is not bars[5]
+        ]
+
+        await streamer.repair([bars[5]])  # backfill: the exchange's bar, mark cleared
+        assert pull_redis(store, redis_server.url, None, lambda _: None) == 1
+        assert np.array_equal(store.load("binance", "BTCUSDT").ohlcv, _bar_table(bars).ohlcv)
+
+        # a store that already holds the partial bar (imported before marks were read): the
+        # complete bar replaces it
+        older = HistoryStore(tmp_path / "older")
+        older.append("binance", "BTCUSDT", MINUTE_MS, _bar_table(with_partial), "redis:old")
+        assert pull_redis(older, redis_server.url, None, lambda _: None) == 0
+        assert np.array_equal(older.load("binance", "BTCUSDT").ohlcv, _bar_table(bars).ohlcv)
+    finally:
+        await streamer.close()

@@ -10,11 +10,11 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from streamer.core.timefmt import parse_iso_ms
 from trainer.data import read_csv_bars
 from trainer.dataset import (
     Pool,
     Series,
-    parse_iso_ms,
     target_log_returns,
     time_splits,
     valid_origins,

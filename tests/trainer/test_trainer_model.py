@@ -12,7 +12,7 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from streamer.core import contract
+from streamer.core.contracts import model as contract
 from trainer.data import read_csv_bars
 from trainer.dataset import Pool, Series, Split, parse_iso_ms, valid_origins, windows
 from trainer.evaluate import (

@@ -404,3 +404,16 @@ def test_outage_of_named_symbols_leaves_the_others_complete() -> None:
     agg.mark_outage(M0 + 30_000, M0 + 40_000, symbols=["ETHUSDT"])
     closed = agg.on_clock(M1 + GRACE)
     assert [(b.symbol, b.complete) for b in closed] == [("BTCUSDT", True), ("ETHUSDT", False)]
+
+
+def test_a_repaired_newest_minute_sets_the_price_of_the_flat_bars_to_come() -> None:
+    agg = BarAggregator("binance", grace_ms=0)
+    t0 = 1_700_000_040_000 - 1_700_000_040_000 % 60_000
+    agg.add(Trade("binance", "BTCUSDT", 1, t0 + 1_000, 100.0, 1.0, "buy"))
+    [closed] = agg.on_clock(t0 + 60_000)
+    assert closed.close == 100.0
+    # REST says the minute closed at 102.0 (a trade the feed missed)
+    agg.repaired(Bar("binance", "BTCUSDT", t0, 100.0, 102.0, 100.0, 102.0, 2.0, 2))
+    agg.repaired(Bar("binance", "BTCUSDT", t0 - 60_000, 1.0, 1.0, 1.0, 1.0, 1.0, 1))  # older
+    [quiet] = agg.on_clock(t0 + 120_000)
+    assert (quiet.open, quiet.close, quiet.volume) == (102.0, 102.0, 0.0)

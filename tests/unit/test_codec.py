@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from streamer.core.codec import bars_key, decode_bar, encode_bar, incomplete_key
+from streamer.core.contracts.redis_bars import bars_key, decode_bar, encode_bar, incomplete_key
 from streamer.core.types import MINUTE_MS, Bar
 
 # Kraken BTC/USDT, 2025-11-10 17:24 UTC: the bar of the five real trades 10218209..10218213

@@ -12,6 +12,7 @@ import math
 import pytest
 from fixtures.models import band_factors, real_bars
 
+from streamer.core.calibration import Realised
 from streamer.core.evaluation import OnlineEvaluator
 from streamer.core.types import MINUTE_MS, Bar, Forecast
 
@@ -206,3 +207,28 @@ def test_persistence_band_on_real_bars_matches_a_direct_computation() -> None:
         assert fig.model_mae == pytest.approx(fig.persistence_mae, rel=1e-9)  # median = last
         assert fig.skill == pytest.approx(0.0, abs=1e-9)
         assert fig.coverage == pytest.approx(sum(covered) / len(covered), rel=1e-12)
+
+
+def test_each_scored_forecast_is_handed_out_once_as_realised_with_its_recorded_row() -> None:
+    """What the calibration learns from: the forecast's row at the scored horizon, at the
+    evaluator's levels (ascending, whatever the forecast's order), and the realised close;
+    nothing for an incomplete bar, nothing twice, and a repaired bar from before the window
+    still counts (the calibration has its own notion of too old)."""
+    ev = OnlineEvaluator([1, 2], LEVELS, window_ms=60 * MINUTE_MS)
+    rows = ((99.0, 100.0, 101.0), (98.0, 100.5, 102.0))
+    shuffled = tuple((r[2], r[0], r[1]) for r in rows)  # levels 0.9, 0.1, 0.5
+    assert ev.record(forecast(T0, 100.0, shuffled, levels=(0.9, 0.1, 0.5)))
+    out: list[Realised] = []
+    assert ev.observe(bar(T0 + MINUTE_MS, 102.0, complete=False), out) == 0
+    assert out == []
+    assert ev.observe(bar(T0 + MINUTE_MS, 102.0), out) == 1
+    assert ev.observe(bar(T0 + MINUTE_MS, 102.0), out) == 0  # seen twice: scored once
+    assert out == [Realised("binance", "BTCUSDT", 1, T0, rows[0], 102.0)]
+    assert ev.observe(bar(T0 + 2 * MINUTE_MS, 99.0)) == 1  # no list: nothing handed out
+    assert len(out) == 1
+    # a forecast whose target bar comes long after the window moved on (a late repair)
+    ev.record(forecast(T0 + 2 * MINUTE_MS, 99.0, rows))
+    ev.observe(bar(T0 + 200 * MINUTE_MS, 99.0, symbol="ETHUSDT"))  # exchange time moves on
+    assert ev.observe(bar(T0 + 3 * MINUTE_MS, 98.5), out) == 1
+    assert out[-1] == Realised("binance", "BTCUSDT", 1, T0 + 2 * MINUTE_MS, rows[0], 98.5)
+    assert ev.figures("binance", "BTCUSDT")[0].n == 0  # out of the window: not in the figures

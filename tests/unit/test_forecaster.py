@@ -20,6 +20,8 @@ from streamer.core.types import Bar, Forecast
 from streamer.core.windows import Windows
 from streamer.io.forecaster import Forecaster
 from streamer.io.model import CHUNK_ROWS, LoadedModel, ModelServer, load_model
+from streamer.io.serving import Serving
+from streamer.settings import load_settings
 
 WINDOW, HORIZON, BAND = 10, 3, 0.001
 LEVELS = (0.1, 0.5, 0.9)
@@ -29,33 +31,25 @@ Key = tuple[str, str]
 
 
 class CountingServer(ModelServer):
-    """A real ModelServer that remembers the batch shape of each predict call."""
+    """A real ModelServer that remembers the batch shape of each predict call. Given ``then``,
+    it swaps that model in while its first predict is in flight, as a watcher could."""
 
-    def __init__(self) -> None:
+    def __init__(self, then: LoadedModel | None = None) -> None:
         super().__init__(max_age_s=None)
         self.batches: list[tuple[int, ...]] = []
+        self.then = then
 
     def submit(
-        self, batch: FloatArray, model: LoadedModel | None = None
-    ) -> asyncio.Future[tuple[FloatArray, float]]:
-        self.batches.append(batch.shape)
-        return super().submit(batch, model)
-
-
-class SwapDuringPredict(CountingServer):
-    """Swaps in ``then`` while the first predict is in flight, as a watcher could."""
-
-    def __init__(self, then: LoadedModel) -> None:
-        super().__init__()
-        self.then: LoadedModel | None = then
-
-    def submit(
-        self, batch: FloatArray, model: LoadedModel | None = None
+        self,
+        batch: FloatArray,
+        model: LoadedModel | None = None,
+        bar_time_s: np.ndarray[Any, np.dtype[np.int64]] | None = None,
     ) -> asyncio.Future[tuple[FloatArray, float]]:
         if self.then is not None:
             self.swap(self.then)
             self.then = None
-        return super().submit(batch, model)
+        self.batches.append(batch.shape)
+        return super().submit(batch, model, bar_time_s)
 
 
 class RecordingSink:
@@ -113,9 +107,9 @@ def make(
     return forecaster, server, sink
 
 
-def swapping_mid_round(windows: Windows) -> tuple[Forecaster, SwapDuringPredict, RecordingSink]:
+def swapping_mid_round(windows: Windows) -> tuple[Forecaster, CountingServer, RecordingSink]:
     """v1 serves; v2 (a wider band) is swapped in during the first round's first chunk."""
-    server = SwapDuringPredict(then=model("v2", band=0.004))
+    server = CountingServer(then=model("v2", band=0.004))
     server.swap(model("v1"))
     sink = RecordingSink()
     forecaster = Forecaster(
@@ -129,8 +123,14 @@ def close(forecaster: Forecaster, windows: Windows, bars: list[Bar]) -> dict[Key
     """What the app does with closed bars: windows first, then the forecaster; the due set."""
     windows.apply(bars)
     forecaster.on_bars(bars)
-    due, forecaster._due = forecaster._due, {}
-    return due
+    return forecaster.plan.due
+
+
+async def close_and_round(
+    forecaster: Forecaster, windows: Windows, bars: list[Bar]
+) -> list[Forecast]:
+    close(forecaster, windows, bars)
+    return await forecaster.forecast_round()
 
 
 async def test_full_windows_forecast_in_one_batch_short_and_holed_ones_skipped(
@@ -144,7 +144,7 @@ async def test_full_windows_forecast_in_one_batch_short_and_holed_ones_skipped(
     del xrp[-5]
     due = close(forecaster, windows, btc[:30] + eth[:30] + sol + xrp)
     assert set(due) == {("binance", s) for s in ("BTCUSDT", "ETHUSDT", "SOLUSDT", "XRPUSDT")}
-    forecasts = await forecaster.forecast_round(due)
+    forecasts = await forecaster.forecast_round()
     assert server.batches == [(2, WINDOW, 5)]  # one call for every full window
     assert [(f.symbol, f.bar_time_ms) for f in forecasts] == [
         ("BTCUSDT", btc[29].open_time_ms),
@@ -179,7 +179,7 @@ async def test_a_round_larger_than_a_chunk_is_inferred_in_chunks_and_published_w
         for i, symbol in enumerate(symbols)
         for b in btc[i % 50 : i % 50 + WINDOW]
     ]
-    forecasts = await forecaster.forecast_round(close(forecaster, windows, bars))
+    forecasts = await close_and_round(forecaster, windows, bars)
     assert server.batches == [(CHUNK_ROWS, WINDOW, 5)] * 2 + [(CHUNK_ROWS // 2, WINDOW, 5)]
     assert [f.symbol for f in forecasts] == symbols
     assert [f for f, _ in sink.forecasts] == forecasts
@@ -203,11 +203,10 @@ async def test_minutes_that_closed_before_the_round_ran_each_get_their_forecast(
     clock): each is forecast from the window ending at it, oldest first; none is skipped."""
     windows = Windows(1440)
     forecaster, server, _ = make(windows, model("v1"))
-    await forecaster.forecast_round(close(forecaster, windows, btc[:WINDOW]))
+    await close_and_round(forecaster, windows, btc[:WINDOW])
     for bar in btc[WINDOW : WINDOW + 3]:
         close(forecaster, windows, [bar])  # each minute closes on its own; no round between
-    due = {("binance", "BTCUSDT"): 1.0}
-    forecasts = await forecaster.forecast_round(due)
+    forecasts = await forecaster.forecast_round()
     assert [f.bar_time_ms for f in forecasts] == [b.open_time_ms for b in btc[WINDOW : WINDOW + 3]]
     assert server.batches[-1] == (3, WINDOW, 5)  # one call for the three
     batch = np.array(
@@ -221,36 +220,36 @@ async def test_minutes_that_closed_before_the_round_ran_each_get_their_forecast(
         assert f.values == tuple(tuple(float(v) for v in h) for h in rows)
     assert not forecaster.skipped
     # the round after that forecasts only the new minute
-    nxt = await forecaster.forecast_round(close(forecaster, windows, [btc[WINDOW + 3]]))
+    nxt = await close_and_round(forecaster, windows, [btc[WINDOW + 3]])
     assert [f.bar_time_ms for f in nxt] == [btc[WINDOW + 3].open_time_ms]
 
 
 async def test_a_repaired_last_bar_is_not_forecast_twice(btc: list[Bar]) -> None:
     windows = Windows(1440)
     forecaster, server, sink = make(windows, model("v1"))
-    first = await forecaster.forecast_round(close(forecaster, windows, btc[:WINDOW]))
+    first = await close_and_round(forecaster, windows, btc[:WINDOW])
     assert [f.bar_time_ms for f in first] == [btc[WINDOW - 1].open_time_ms]
     # backfill replaces the newest bar with the exchange's (different volume): due again, but
     # that minute already has its forecast
     repaired = msgspec.structs.replace(btc[WINDOW - 1], volume=btc[WINDOW - 1].volume + 1.0)
     due = close(forecaster, windows, [repaired])
     assert due.keys() == {("binance", "BTCUSDT")}
-    assert await forecaster.forecast_round(due) == []
+    assert await forecaster.forecast_round() == []
     assert forecaster.skipped == {"already_forecast": 1}
     assert len(server.batches) == 1 and len(sink.forecasts) == 1
     # a repair of an older bar does not even make the symbol due
     older = msgspec.structs.replace(btc[3], volume=0.5)
     assert close(forecaster, windows, [older]) == {}
     # the next minute is forecast as usual
-    nxt = await forecaster.forecast_round(close(forecaster, windows, [btc[WINDOW]]))
+    nxt = await close_and_round(forecaster, windows, [btc[WINDOW]])
     assert [f.bar_time_ms for f in nxt] == [btc[WINDOW].open_time_ms]
 
 
 async def test_no_model_counts_every_due_symbol(btc: list[Bar], eth: list[Bar]) -> None:
     windows = Windows(1440)
     forecaster, server, sink = make(windows)
-    due = close(forecaster, windows, btc[:WINDOW] + eth[:WINDOW])
-    assert await forecaster.forecast_round(due) == []
+    assert len(close(forecaster, windows, btc[:WINDOW] + eth[:WINDOW])) == 2
+    assert await forecaster.forecast_round() == []
     assert forecaster.skipped == {"no_model": 2}
     assert server.batches == [] and sink.forecasts == []
 
@@ -264,7 +263,7 @@ async def test_a_swap_between_rounds_serves_from_the_next_round(btc: list[Bar]) 
     for i, bars in enumerate(rounds):
         if i == 2:
             server.swap(v2)  # lands between two rounds, as the registry watcher swaps
-        out = await forecaster.forecast_round(close(forecaster, windows, bars))
+        out = await close_and_round(forecaster, windows, bars)
         versions += [(f.bar_time_ms, f.model_version) for f in out]
     times = [b.open_time_ms for b in btc[WINDOW - 1 : WINDOW + 3]]
     assert versions == list(zip(times, ["v1", "v1", "v2", "v2"], strict=True))
@@ -277,17 +276,13 @@ async def test_a_swap_between_rounds_serves_from_the_next_round(btc: list[Bar]) 
 async def test_realised_closes_are_scored_and_skill_figures_published(btc: list[Bar]) -> None:
     windows = Windows(1440)
     forecaster, _, sink = make(windows, model("v1"))
-    await forecaster.publish_skill(
-        await forecaster.forecast_round(close(forecaster, windows, btc[:WINDOW]))
-    )
+    await forecaster.publish_skill(await close_and_round(forecaster, windows, btc[:WINDOW]))
     assert sink.skills == []  # nothing realised yet
     first = sink.forecasts[0][0]
     assert forecaster.evaluator is not None
     assert forecaster.evaluator.pending_count() == 1
     # the next bar realises horizon 1 of the first forecast
-    await forecaster.publish_skill(
-        await forecaster.forecast_round(close(forecaster, windows, [btc[WINDOW]]))
-    )
+    await forecaster.publish_skill(await close_and_round(forecaster, windows, [btc[WINDOW]]))
     assert len(sink.skills) == 1
     exchange, symbol, figures = sink.skills[0]
     assert (exchange, symbol) == ("binance", "BTCUSDT")
@@ -301,9 +296,7 @@ async def test_realised_closes_are_scored_and_skill_figures_published(btc: list[
     assert h1["skill"] == 1.0 - h1["model_mae"] / h1["persistence_mae"]
     assert figures[2]["n"] == 0 and math.isnan(figures[2]["model_mae"])
     # one more bar: horizon 2 of the first and horizon 1 of the second are realised
-    await forecaster.publish_skill(
-        await forecaster.forecast_round(close(forecaster, windows, [btc[WINDOW + 1]]))
-    )
+    await forecaster.publish_skill(await close_and_round(forecaster, windows, [btc[WINDOW + 1]]))
     figures = sink.skills[-1][2]
     assert (figures[1]["n"], figures[2]["n"]) == (2, 1)
     assert figures[2]["persistence_mae"] == abs(btc[WINDOW + 1].close - first.last_close)
@@ -326,11 +319,11 @@ async def test_run_loop_forecasts_what_on_bars_marks_due(btc: list[Bar]) -> None
 async def test_a_swap_during_a_round_does_not_mix_models(btc: list[Bar], eth: list[Bar]) -> None:
     windows = Windows(1440)
     forecaster, _, _ = swapping_mid_round(windows)
-    out = await forecaster.forecast_round(close(forecaster, windows, btc[:WINDOW] + eth[:WINDOW]))
+    out = await close_and_round(forecaster, windows, btc[:WINDOW] + eth[:WINDOW])
     # the round took v1 once: every forecast of it is v1's, values included (band 0.001)
     assert [f.model_version for f in out] == ["v1", "v1"]
     assert out[0].values[0][2] == pytest.approx(btc[WINDOW - 1].close * (1 + 1.2815516 * BAND))
-    nxt = await forecaster.forecast_round(close(forecaster, windows, [btc[WINDOW], eth[WINDOW]]))
+    nxt = await close_and_round(forecaster, windows, [btc[WINDOW], eth[WINDOW]])
     assert [f.model_version for f in nxt] == ["v2", "v2"]
 
 
@@ -338,10 +331,125 @@ async def test_skill_is_published_every_few_minutes_per_symbol_staggered(btc: li
     windows = Windows(1440)
     forecaster, _, sink = make(windows, model("v1"))
     forecaster.skill_every_min = 5
-    await forecaster.forecast_round(close(forecaster, windows, btc[:WINDOW]))
+    await close_and_round(forecaster, windows, btc[:WINDOW])
     for i in range(12):  # 12 minutes: the figures of BTCUSDT go out at 2 or 3 of them
         await forecaster.publish_skill(
-            await forecaster.forecast_round(close(forecaster, windows, [btc[WINDOW + i]]))
+            await close_and_round(forecaster, windows, [btc[WINDOW + i]])
         )
     minutes = [i for i, (_, symbol, _) in enumerate(sink.skills) if symbol == "BTCUSDT"]
     assert 2 <= len(sink.skills) <= 3 and len(minutes) == len(sink.skills)
+
+
+# --- online calibration --------------------------------------------------------------------
+
+
+def with_calibration(windows: Windows, current: LoadedModel, *, on: bool) -> Forecaster:
+    forecaster, _, _ = make(windows, current)
+    forecaster.calibration = on
+    return forecaster
+
+
+async def run_minutes(forecaster: Forecaster, windows: Windows, bars: list[Bar]) -> list[Forecast]:
+    """The first window closes at once, then one bar a minute, each round followed by its
+    skill step (where the realised forecasts reach the calibrator)."""
+    published = await close_and_round(forecaster, windows, bars[:WINDOW])
+    await forecaster.publish_skill(published)
+    for bar in bars[WINDOW:]:
+        out = await close_and_round(forecaster, windows, [bar])
+        await forecaster.publish_skill(out)
+        published += out
+    return published
+
+
+def raw_values(bars: list[Bar], end: int, band: float) -> tuple[tuple[float, ...], ...]:
+    """The fixture model's output for the window ending before ``bars[end]``."""
+    window = np.array(
+        [[[b.open, b.high, b.low, b.close, b.volume] for b in bars[end - WINDOW : end]]],
+        dtype=np.float32,
+    )
+    return tuple(
+        tuple(float(v) for v in h) for h in expected_output(window, HORIZON, LEVELS, band)[0]
+    )
+
+
+NARROW = 0.0001  # a band far too narrow for real BTC minutes: the calibration must widen it
+
+
+async def test_the_published_band_is_calibrated_and_the_evaluator_scores_the_raw_one(
+    btc: list[Bar],
+) -> None:
+    windows = Windows(1440)
+    forecaster = with_calibration(windows, model("v1", band=NARROW), on=True)
+    bars = btc[:130]
+    published = await run_minutes(forecaster, windows, bars)
+    assert {f.band for f in published} == {"calibrated"}
+    first, last = published[0], published[-1]
+    assert first.values == raw_values(bars, WINDOW, NARROW)  # a fresh state: the raw band
+    raw_last = raw_values(bars, len(bars), NARROW)
+    for h in range(HORIZON):
+        assert last.values[h][1] == raw_last[h][1]  # the median is the model's, bit for bit
+        assert last.values[h][2] - last.values[h][1] > 2 * (raw_last[h][2] - raw_last[h][1])
+        assert last.values[h][1] - last.values[h][0] > 2 * (raw_last[h][1] - raw_last[h][0])
+    calibrator, evaluator = forecaster.calibrator, forecaster.evaluator
+    assert calibrator is not None and evaluator is not None
+    # every realised forecast reached the calibrator: h = 1 and 2 of each minute's forecast
+    minutes = len(bars) - WINDOW + 1
+    assert calibrator.updated_total == (minutes - 1) + (minutes - 2)
+    h1 = calibrator.counts("binance", "BTCUSDT")[0]
+    raw_cov = h1.coverage(0.1, 0.9, calibrated=False)
+    cal_cov = h1.coverage(0.1, 0.9, calibrated=True)
+    assert raw_cov is not None and cal_cov is not None
+    # the evaluator scored the raw forecasts: its coverage is the raw band's
+    assert evaluator.figures("binance", "BTCUSDT")[0].coverage == pytest.approx(raw_cov)
+    assert raw_cov < 0.3 and cal_cov > raw_cov + 0.25
+    assert calibrator.coverage.counts()[0] == h1  # one symbol: the window holds its counts
+
+
+async def test_calibration_off_publishes_the_raw_band_and_still_computes_the_calibrated_one(
+    btc: list[Bar],
+) -> None:
+    windows = Windows(1440)
+    forecaster = with_calibration(windows, model("v1", band=NARROW), on=False)
+    bars = btc[:130]
+    published = await run_minutes(forecaster, windows, bars)
+    assert {f.band for f in published} == {"raw"}
+    assert published[-1].values == raw_values(bars, len(bars), NARROW)
+    calibrator = forecaster.calibrator
+    assert calibrator is not None
+    h1 = calibrator.coverage.counts()[0]
+    raw_cov = h1.coverage(0.1, 0.9, calibrated=False)
+    cal_cov = h1.coverage(0.1, 0.9, calibrated=True)
+    assert raw_cov is not None and cal_cov is not None and cal_cov > raw_cov + 0.25
+
+
+async def test_a_model_swap_starts_a_fresh_calibration_and_keeps_the_coverage_window(
+    btc: list[Bar],
+) -> None:
+    windows = Windows(1440)
+    forecaster, server, _ = make(windows, model("v1", band=NARROW))
+    bars = btc[:80]
+    await run_minutes(forecaster, windows, bars)
+    before = forecaster.calibrator
+    assert before is not None and np.any(before.log_scales("binance", "BTCUSDT") != 0)
+    window, counts = before.coverage, before.coverage.counts()
+    server.swap(model("v2", band=NARROW))
+    out = await close_and_round(forecaster, windows, [btc[80]])
+    after = forecaster.calibrator
+    assert after is not None and after is not before and after.coverage is window
+    assert out[0].values == raw_values(btc, 81, NARROW)  # v2's own band: nothing learnt yet
+    await forecaster.publish_skill(out)
+    # v1's forecasts realised now are not v2's band: they change nothing and are not counted
+    assert after.updated_total == 0 and after.unmatched_total == 2
+    assert window.counts() == counts
+
+
+@pytest.mark.parametrize(("setting", "on"), [(None, True), ("on", True), ("off", False)])
+def test_the_setting_chooses_the_published_band_and_metrics_say_which(
+    setting: str | None, on: bool
+) -> None:
+    overrides = {} if setting is None else {"calibration": setting}
+    settings = load_settings(symbols=["binance:BTCUSDT"], **overrides)
+    serving = Serving(settings, Windows(10), RecordingSink(), wall_clock_ms=lambda: WALL_MS)
+    assert serving.forecaster.calibration is on
+    enabled = next(f for f in serving.metric_families() if f.name == "tickcast_calibration_enabled")
+    assert [s.value for s in enabled.samples] == [1.0 if on else 0.0]

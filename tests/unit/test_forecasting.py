@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 from fixtures.models import band_factors, real_bars
 
-from streamer.core.contract import ModelSpec
+from streamer.core.contracts import mqtt
+from streamer.core.contracts.model import ModelSpec
 from streamer.core.forecasting import ModelIdentity, build_forecasts
 from streamer.core.types import Bar, Forecast
 
@@ -115,3 +116,32 @@ def test_output_of_the_wrong_shape_is_an_error(shape: tuple[int, ...]) -> None:
 def test_empty_batch_gives_nothing() -> None:
     output = np.empty((0, HORIZON, 3), dtype=np.float32)
     assert build([], output) == ([], [])
+
+
+def test_seven_levels_of_a_contract_2_model_become_forecasts_whose_payloads_validate() -> None:
+    """Forecasts carry whatever levels the model declares; with contract 2's seven, the MQTT
+    payload has the median plus six quantile keys and passes its own validation."""
+    levels = (0.05, 0.1, 0.25, 0.5, 0.75, 0.9, 0.95)
+    spec = ModelSpec(60, HORIZON, 60, levels, "c2", {}, {}, contract=2)
+    bars = last_bars()
+    closes = np.array([[b.close] for b in bars], dtype=np.float32)[:, :, None]
+    output = np.asarray(closes * band_factors(HORIZON, levels, 0.002)[None], dtype=np.float32)
+    forecasts, rejected = build_forecasts(
+        [b.key for b in bars], [b.open_time_ms for b in bars], [b.close for b in bars],
+        output, spec, IDENTITY, ISSUED_AT,
+    )  # fmt: skip
+    assert rejected == [] and len(forecasts) == 3
+    for f, row in zip(forecasts, output, strict=True):
+        assert f.quantile_levels == levels
+        assert f.values == tuple(tuple(float(v) for v in h) for h in row)
+        payload = mqtt.forecast_payload(f)
+        assert list(payload["quantiles"]) == ["0.05", "0.1", "0.25", "0.75", "0.9", "0.95"]
+        assert payload["median"] == [float(v) for v in row[:, 3]]
+        assert mqtt.validate_forecast_payload(payload) == []
+    crossing = output.copy()
+    crossing[1, 0, 1], crossing[1, 0, 2] = crossing[1, 0, 2], crossing[1, 0, 1]  # 0.1 > 0.25
+    _, rejected = build_forecasts(
+        [b.key for b in bars], [b.open_time_ms for b in bars], [b.close for b in bars],
+        crossing, spec, IDENTITY, ISSUED_AT,
+    )  # fmt: skip
+    assert rejected == [bars[1].key]

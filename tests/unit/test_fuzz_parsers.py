@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import math
+import uuid
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -27,13 +28,14 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
-from harness import comparable
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from support.streamer import comparable
 
 from streamer.core.bars import BarAggregator
+from streamer.core.clock import Clock
 from streamer.core.exchanges import Exchange, get_exchange
-from streamer.core.types import Bar, Side, Trade
+from streamer.core.types import Bar, Side, Trade, TradeId
 from streamer.io.feed import Feed
 from streamer.io.metrics import FeedStats
 from streamer.replay.data import TradeRow, bundled_trade_paths, load_source
@@ -62,8 +64,16 @@ class Wire:
     trade_id: str
     time: str
     symbol_field: str
-    strings_are_numbers: bool  # Binance and Coinbase send decimals as strings
+    strings_are_numbers: bool  # Binance, Coinbase, OKX, Bybit, Bitstamp send decimal strings
     not_ours: tuple[bytes, ...]
+    channel: str = "trade"  # what the feed subscribes
+    other_symbol: str = "ETH-USD"  # a canonical symbol the feed did not subscribe
+    time_in_ms: bool = False  # epoch ms (or µs) numbers rather than ISO-8601 text
+    text_ids: bool = False  # the venue's trade ids are text (Bybit)
+
+    def trade_id_of(self, trade: TradeRow) -> TradeId:
+        """The venue's id for a real trade: the int, or a UUID made from it for text ids."""
+        return str(uuid.UUID(int=trade.trade_id)) if self.text_ids else trade.trade_id
 
     def render(self, trade: TradeRow, symbol: str | None = None) -> dict[str, Any]:
         return self.fields(trade, symbol or self.symbol)
@@ -88,12 +98,42 @@ def _kraken(t: TradeRow, symbol: str) -> dict[str, Any]:
             "timestamp": iso(t.ts_ms)}  # fmt: skip
 
 
+def _okx(t: TradeRow, symbol: str) -> dict[str, Any]:
+    taker = "sell" if t.buyer_is_maker else "buy"
+    return {"instId": symbol, "tradeId": str(t.trade_id), "px": t.price, "sz": t.qty,
+            "side": taker, "ts": str(t.ts_ms)}  # fmt: skip
+
+
+def _bybit(t: TradeRow, symbol: str) -> dict[str, Any]:
+    taker = "Sell" if t.buyer_is_maker else "Buy"
+    return {"T": t.ts_ms, "s": symbol, "S": taker, "v": t.qty, "p": t.price, "L": "PlusTick",
+            "i": str(uuid.UUID(int=t.trade_id)), "BT": False}  # fmt: skip
+
+
+def _bitstamp(t: TradeRow, symbol: str) -> dict[str, Any]:
+    """The data of a ``trade`` event, plus the channel that :func:`_bitstamp_frame` lifts out
+    (Bitstamp names the pair only in the channel)."""
+    return {"id": t.trade_id, "timestamp": str(t.ts_ms // 1000), "amount": float(t.qty),
+            "amount_str": t.qty, "price": float(t.price), "price_str": t.price,
+            "type": 1 if t.buyer_is_maker else 0, "microtimestamp": str(t.ts_ms * 1000),
+            "buy_order_id": 1, "sell_order_id": 2,
+            "channel": f"live_trades_{symbol.lower()}"}  # fmt: skip
+
+
+def _bitstamp_frame(fields: dict[str, Any]) -> dict[str, Any]:
+    frame: dict[str, Any] = {"data": {k: v for k, v in fields.items() if k != "channel"}}
+    if "channel" in fields:
+        frame["channel"] = fields["channel"]
+    return frame | {"event": "trade"}
+
+
 WIRES = {
     "binance": Wire(
         "binance", "BTCUSDT", _binance, lambda d: {"stream": "btcusdt@trade", "data": d},
         ("s", "t", "p", "q", "T", "m"), ("p", "q"), "t", "T", "s", True,
         (b'{"result":null,"id":1}', b'{"stream":"btcusdt@bookTicker","data":{"u":1,"s":"BTCUSDT"'
          b',"b":"1","B":"1","a":"2","A":"1"}}'),
+        other_symbol="ETHUSDT", time_in_ms=True,
     ),
     "coinbase": Wire(
         "coinbase", "BTC-USD", _coinbase, lambda d: d,
@@ -102,6 +142,33 @@ WIRES = {
         (b'{"type":"heartbeat","sequence":90,"last_trade_id":20,"product_id":"BTC-USD",'
          b'"time":"2014-11-07T08:19:28.464459Z"}',
          b'{"type":"subscriptions","channels":[{"name":"matches","product_ids":["BTC-USD"]}]}'),
+        channel="matches",
+    ),
+    "okx": Wire(
+        "okx", "BTC-USDT", _okx,
+        lambda d: {"arg": {"channel": "trades", "instId": "BTC-USDT"}, "data": [d]},
+        ("instId", "tradeId", "px", "sz", "side", "ts"), ("px", "sz"), "tradeId", "ts",
+        "instId", True,
+        (b"pong", b'{"event":"subscribe","arg":{"channel":"trades","instId":"BTC-USDT"}}',
+         b'{"arg":{"channel":"books","instId":"BTC-USDT"},"action":"update","data":[{"asks":'
+         b'[["30249.4","0","0","0"]],"bids":[],"ts":"1652459225464","checksum":-914047754}]}'),
+        channel="trades", other_symbol="ETH-USDT", time_in_ms=True,
+    ),
+    "bybit": Wire(
+        "bybit", "BTCUSDT", _bybit,
+        lambda d: {"topic": "publicTrade.BTCUSDT", "type": "snapshot", "ts": 1, "data": [d]},
+        ("i", "T", "s", "S", "v", "p"), ("v", "p"), "i", "T", "s", True,
+        (b'{"success":true,"ret_msg":"pong","conn_id":"0970e817","op":"ping"}',
+         b'{"success":true,"ret_msg":"subscribe","conn_id":"2324d924","op":"subscribe"}'),
+        channel="publicTrade", other_symbol="ETHUSDT", time_in_ms=True, text_ids=True,
+    ),
+    "bitstamp": Wire(
+        "bitstamp", "BTCUSD", _bitstamp, _bitstamp_frame,
+        ("id", "price_str", "amount_str", "type", "microtimestamp", "channel"),
+        ("price_str", "amount_str"), "id", "microtimestamp", "channel", True,
+        (b'{"event":"bts:subscription_succeeded","channel":"live_trades_btcusd","data":{}}',
+         b'{"event":"bts:heartbeat","channel":"","data":{"status":"success"}}'),
+        channel="live_trades", other_symbol="ETHUSD", time_in_ms=True,
     ),
     "kraken": Wire(
         "kraken", "BTC-USD", _kraken,
@@ -144,7 +211,8 @@ def wrong_number_type(wire: Wire, fields: dict[str, Any], pick: int) -> bytes:
 
 
 def wrong_id_type(wire: Wire, fields: dict[str, Any], pick: int) -> bytes:
-    return encode(wire.frame(fields | {wire.trade_id: ["12x", 1.5, None, {}][pick % 4]}))
+    first: Any = 12 if wire.text_ids else "12x"  # text ids: a number is the wrong type
+    return encode(wire.frame(fields | {wire.trade_id: [first, 1.5, None, {}][pick % 4]}))
 
 
 def wrong_symbol_type(wire: Wire, fields: dict[str, Any], pick: int) -> bytes:
@@ -175,13 +243,13 @@ def absurd(wire: Wire, fields: dict[str, Any], pick: int) -> bytes:
             wire.frame(fields | {key: value if wire.strings_are_numbers else float(value)})
         )
     if choice == 3:
-        return encode(wire.frame(fields | {wire.trade_id: 2**70}))
-    time_value: Any = 2**70 if wire.name == "binance" else "99999-01-01T00:00:00.000000Z"
+        return encode(wire.frame(fields | {wire.trade_id: "f" * 100 if wire.text_ids else 2**70}))
+    time_value: Any = 2**70 if wire.time_in_ms else "99999-01-01T00:00:00.000000Z"
     return encode(wire.frame(fields | {wire.time: time_value}))
 
 
 def bad_time(wire: Wire, fields: dict[str, Any], pick: int) -> bytes:
-    if wire.name == "binance":
+    if wire.time_in_ms:
         value: Any = [0, -5, "soon"][pick % 3]
     else:  # naive, date-only, or not a time at all: would shift trades by a local offset
         value = ["2020-02-22 00:00:02", "2020-02-22", "yesterday"][pick % 3]
@@ -220,17 +288,18 @@ ops = st.lists(
 )
 
 
-def to_trade(exchange: str, symbol: str, t: TradeRow) -> Trade:
+def to_trade(wire: Wire, t: TradeRow) -> Trade:
     side: Side = "sell" if t.buyer_is_maker else "buy"
-    return Trade(exchange, symbol, t.trade_id, t.ts_ms, float(t.price), float(t.qty), side)
+    trade_id = wire.trade_id_of(t)
+    return Trade(wire.name, wire.symbol, trade_id, t.ts_ms, float(t.price), float(t.qty), side)
 
 
-def pure_bars(exchange: str, symbol: str, trades: list[TradeRow]) -> list[Bar]:
+def pure_bars(wire: Wire, trades: list[TradeRow]) -> list[Bar]:
     """The bars of the good trades alone: the pure aggregator, closed by the same watermark."""
-    agg = BarAggregator(exchange)
+    agg = BarAggregator(wire.name)
     bars: list[Bar] = []
     for t in trades:
-        bars += agg.add(to_trade(exchange, symbol, t))
+        bars += agg.add(to_trade(wire, t))
     return bars + agg.flush()
 
 
@@ -249,18 +318,18 @@ def run_stream(wire: Wire, stream: list[Op]) -> None:
     feed = Feed(
         exchange,
         [wire.symbol],
-        ["matches"] if wire.name == "coinbase" else ["trade"],
+        [wire.channel],
         "ws://127.0.0.1:1",
         aggregator,
         stats,
-        lambda: 0,
+        Clock.watermark(),
         on_bars=emitted.extend,
         on_gap=lambda gap: None,
     )
     good: list[TradeRow] = []
     tally = Tally(Counter())
     position = 0
-    other = "ETHUSDT" if wire.name == "binance" else "ETH-USD"
+    other = wire.other_symbol
     for kind, pick in stream:
         trade = REAL_TRADES[position % len(REAL_TRADES)]
         fields = wire.render(trade)
@@ -303,7 +372,7 @@ def run_stream(wire: Wire, stream: list[Op]) -> None:
     assert aggregator.late == aggregator.future == 0
     assert stats.trades == len(good)
     bars = emitted + aggregator.flush()
-    assert comparable(bars) == comparable(pure_bars(wire.name, wire.symbol, good))
+    assert comparable(bars) == comparable(pure_bars(wire, good))
     assert all(math.isfinite(b.volume) and b.high < 1e15 for b in bars)
 
 

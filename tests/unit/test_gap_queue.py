@@ -5,19 +5,20 @@ from __future__ import annotations
 
 from prometheus_client import generate_latest
 
-from streamer.app import GAP_QUEUE_MAX, Streamer
-from streamer.io.feed import Gap
+from streamer.app import Streamer
+from streamer.core.gaps import Gap
+from streamer.core.repair import DEFAULT_CAPACITY
 from streamer.settings import load_settings
 
 
 def test_a_full_gap_queue_counts_each_gap_it_drops() -> None:
     streamer = Streamer(load_settings(symbols=["binance:BTCUSDT"], metrics_port=0))
     gaps = [
-        Gap("binance", ("BTCUSDT",), i * 60_000, i * 60_000 + 1) for i in range(GAP_QUEUE_MAX + 3)
+        Gap("binance", ("BTCUSDT",), i * 60_000, i * 60_000 + 1)
+        for i in range(DEFAULT_CAPACITY + 3)
     ]
     for gap in gaps:
         streamer._on_gap(gap)
-    assert streamer._gaps.qsize() == GAP_QUEUE_MAX
-    assert streamer._gaps.get_nowait() == gaps[0]  # the queued ones are the first, in order
+    assert streamer.repairs.gaps() == gaps[:DEFAULT_CAPACITY]  # the first ones, in order
     text = generate_latest(streamer.metrics.registry).decode()
     assert 'tickcast_gaps_dropped_total{exchange="binance"} 3.0' in text

@@ -9,15 +9,12 @@ environment variable. (tests/unit/test_settings.py covers valid values, unknown 
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from support.cli import run_cli
 
 from streamer.settings import Settings, SettingsError, load_settings
-
-REPO = Path(__file__).resolve().parents[2]
 
 # field -> invalid values, as environment strings. Several per field where the kinds differ.
 INVALID: dict[str, list[str]] = {
@@ -45,6 +42,7 @@ INVALID: dict[str, list[str]] = {
     "model_max_age_s": ["0", "-1", "x"],
     "eval_horizons": ["0", "1,1", "x", "-5"],
     "eval_window_s": ["59", "x"],
+    "calibration": ["ON", "true", "maybe"],
     "mqtt_url": ["redis://127.0.0.1:1883", "127.0.0.1:1883", "mqtt://"],
     "mqtt_password_file": ["/nonexistent/mqtt-password"],
     "mqtt_tls_ca_file": ["/nonexistent/ca.pem"],
@@ -142,15 +140,7 @@ def test_an_invalid_combination_stops_start_up_naming_the_key(
 
 
 def test_the_daemon_exits_2_with_the_key_in_one_line_and_no_traceback() -> None:
-    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "TICKCAST_WINDOW_CAP": "0"}
-    done = subprocess.run(
-        [sys.executable, "-m", "streamer", "run"],
-        env=env,
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    done = run_cli("run", env={"TICKCAST_WINDOW_CAP": "0"})
     assert done.returncode == 2
     assert "TICKCAST_WINDOW_CAP" in done.stderr
     assert "Traceback" not in done.stderr

@@ -15,7 +15,7 @@ import time
 import pytest
 from fixtures.models import real_bars
 
-from streamer.core.payloads import forecast_payload, validate_forecast_payload
+from streamer.core.contracts.mqtt import forecast_payload, validate_forecast_payload
 from streamer.core.types import MINUTE_MS, Forecast
 from streamer.io.publisher import MqttOptions, MqttPublisher
 from streamer.io.sinks import LineSink, MqttSink

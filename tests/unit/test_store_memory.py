@@ -5,54 +5,41 @@ against both stores in tests/integration/test_store_redis.py; here the writer's 
 ordering and drop accounting are driven by a hand-written fake store, which is fine for a shell's
 unit test: the thing under test is the writer.
 
-Bars are real: Binance USD-M BTCUSDT 1-minute bars (OHLCV and trade counts) aggregated from the
-tardis.dev trades of 2020-02-22 00:00-00:11 UTC in ../shared/data/trades/binance_usdm_perp/ (see
-its SOURCES.md).
+Bars are real: Binance USD-M BTCUSDT 1-minute bars (OHLCV and trade counts) of 2020-02-22
+00:00-00:11 UTC, aggregated from tardis.dev trades (tests/support/bars.py).
 """
 
 from __future__ import annotations
 
 import asyncio
+import inspect
 import time
 from collections.abc import Callable, Sequence
 from itertools import pairwise
+from typing import Any
 
 import msgspec
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from redis.asyncio.connection import Connection, SSLConnection
+from support.bars import BTC
 
-from streamer.core.backoff import Backoff
+from streamer.core.retry import Permanent, RetryPolicy, Transient
 from streamer.core.types import Bar
 from streamer.io.store import (
     BufferedBarWriter,
     MemoryBarStore,
     RedisBarStore,
     StoreError,
+    StoreRejected,
     StoreUnavailable,
-    _PackedConnection,
     redact_url,
 )
+from streamer.io.store.packing import PackedConnection, PackedSSLConnection
 
-BTC = [
-    Bar("binance", "BTCUSDT", *row)
-    for row in [
-        (1582329600000, 9682.0, 9684.69, 9681.28, 9682.31, 35.713, 90),
-        (1582329660000, 9681.93, 9683.5, 9666.66, 9673.15, 70.843, 176),
-        (1582329720000, 9673.86, 9678.6, 9666.84, 9668.74, 57.815, 172),
-        (1582329780000, 9669.41, 9675.19, 9669.41, 9673.21, 41.962, 88),
-        (1582329840000, 9674.46, 9674.46, 9670.28, 9671.21, 26.525, 68),
-        (1582329900000, 9670.28, 9676.47, 9668.97, 9676.47, 38.021, 107),
-        (1582329960000, 9676.46, 9679.09, 9675.7, 9675.8, 24.121, 70),
-        (1582330020000, 9676.49, 9678.72, 9675.38, 9677.91, 16.946, 47),
-        (1582330080000, 9677.21, 9681.2, 9676.14, 9681.1, 9.038, 50),
-        (1582330140000, 9681.09, 9686.85, 9679.66, 9686.84, 36.641, 77),
-        (1582330200000, 9686.84, 9686.85, 9686.84, 9686.85, 110.121, 81),
-        (1582330260000, 9686.85, 9689.34, 9686.84, 9687.99, 45.963, 66),
-    ]
-]
-FAST = Backoff(initial_s=0.001, max_s=0.01)
+FAST = RetryPolicy(initial_s=0.001, max_s=0.01)
+PACKING = "streamer/io/store/packing.py"
 
 
 class FakeStore:
@@ -72,7 +59,7 @@ class FakeStore:
         if self.down:
             raise StoreUnavailable("redis://:***@cache:6379: ConnectionError: refused")
         if self.refuse:
-            raise StoreError("redis://cache:6379: ResponseError: WRONGTYPE")
+            raise StoreRejected("redis://cache:6379: ResponseError: WRONGTYPE")
         await (self.memory.write(bars) if kind == "write" else self.memory.repair(bars))
 
     async def write(self, bars: Sequence[Bar]) -> None:
@@ -211,7 +198,7 @@ async def test_repairs_queue_in_order_with_closed_bars() -> None:
 async def test_run_keeps_bars_through_an_outage_and_writes_them_in_order() -> None:
     store = FakeStore()
     store.down = True
-    writer = BufferedBarWriter(store, backoff=FAST)
+    writer = BufferedBarWriter(store, policy=FAST)
     async with asyncio.TaskGroup() as tg:
         task = tg.create_task(writer.run(), name="bar-writer")
         for minute in range(8):
@@ -234,7 +221,7 @@ async def test_run_keeps_bars_through_an_outage_and_writes_them_in_order() -> No
 async def test_overflow_drops_the_oldest_and_counts_them() -> None:
     store = FakeStore()
     store.down = True
-    writer = BufferedBarWriter(store, max_bars=4, backoff=FAST)
+    writer = BufferedBarWriter(store, max_bars=4, policy=FAST)
     writer.submit(BTC[0:6])
     assert (writer.buffered, writer.dropped_total) == (4, 2)
     assert await writer.flush(0.05) == 4
@@ -247,7 +234,7 @@ async def test_overflow_drops_the_oldest_and_counts_them() -> None:
 async def test_bars_evicted_from_a_round_in_flight_count_only_if_the_round_fails() -> None:
     store = FakeStore()
     store.gate = asyncio.Event()
-    writer = BufferedBarWriter(store, max_bars=3, backoff=FAST)
+    writer = BufferedBarWriter(store, max_bars=3, policy=FAST)
     async with asyncio.TaskGroup() as tg:
         task = tg.create_task(writer.run(), name="bar-writer")
         writer.submit(BTC[0:3])
@@ -275,7 +262,7 @@ async def test_bars_evicted_from_a_round_in_flight_count_only_if_the_round_fails
 async def test_a_refused_round_is_dropped_and_counted_and_later_bars_still_flow() -> None:
     store = FakeStore()
     store.refuse = True
-    writer = BufferedBarWriter(store, backoff=FAST)
+    writer = BufferedBarWriter(store, policy=FAST)
     writer.submit(BTC[0:2])
     assert await writer.flush(5.0) == 0
     assert writer.dropped_by_reason == {"overflow": 0, "rejected": 2}
@@ -289,7 +276,7 @@ async def test_a_refused_round_is_dropped_and_counted_and_later_bars_still_flow(
 async def test_flush_gives_up_at_its_timeout_and_keeps_what_it_could_not_write() -> None:
     store = FakeStore()
     store.gate = asyncio.Event()  # a store that stalls, e.g. a half-open TCP connection
-    writer = BufferedBarWriter(store, backoff=FAST)
+    writer = BufferedBarWriter(store, policy=FAST)
     writer.submit(BTC[0:3])
     started = time.monotonic()
     assert await writer.flush(0.1) == 3
@@ -313,6 +300,41 @@ async def test_run_reports_connected_from_its_first_ping() -> None:
 def test_writer_rejects_a_zero_sized_buffer() -> None:
     with pytest.raises(ValueError, match="max_bars"):
         BufferedBarWriter(MemoryBarStore(), max_bars=0)
+
+
+async def test_the_writer_waits_between_tries_as_its_policy_says() -> None:
+    store = FakeStore()
+    store.down = True
+    writer = BufferedBarWriter(store, policy=RetryPolicy(initial_s=60.0, max_s=60.0))
+    writer.submit(BTC[0:1])
+    assert await writer.flush(0.2) == 1
+    assert writer.write_errors_total == 1  # the next try is 30 to 60 s away
+
+
+def test_writer_refuses_a_policy_that_would_give_up_on_bars() -> None:
+    with pytest.raises(ValueError, match="max_attempts"):
+        BufferedBarWriter(MemoryBarStore(), policy=RetryPolicy(max_attempts=3))
+
+
+async def test_a_round_failing_with_an_unexpected_error_is_dropped_not_retried() -> None:
+    """Only a ``Transient`` error keeps a round; a bug in a store must not block later bars."""
+
+    class Broken(FakeStore):
+        async def write(self, bars: Sequence[Bar]) -> None:
+            self.rounds.append(("write", list(bars)))
+            if len(self.rounds) == 1:
+                raise ValueError("a bug in the store")
+            await self.memory.write(bars)
+
+    store = Broken()
+    writer = BufferedBarWriter(store, policy=FAST)
+    writer.submit(BTC[0:2])
+    assert await writer.flush(5.0) == 0
+    writer.submit(BTC[2:3])
+    assert await writer.flush(5.0) == 0
+    assert store.rounds == [("write", BTC[0:2]), ("write", BTC[2:3])]
+    assert writer.dropped_by_reason == {"overflow": 0, "rejected": 2}
+    assert await store.window() == BTC[2:3]
 
 
 # --- URLs and credentials ---
@@ -358,9 +380,69 @@ def test_from_url_takes_tls_and_credentials_from_the_url_without_connecting() ->
         ("CONFIG GET", "maxmemory"),
         ("LRANGE", "tickcast:bars:kraken:BTC-USD", -1440, -1),
         ("AUTH", "user", "pässword"),
+        ("SET", "k", 0.1),
     ],
 )
-def test_hiredis_packing_matches_redis_py(command: tuple[str | bytes | int, ...]) -> None:
+def test_hiredis_packing_matches_redis_py(command: tuple[str | bytes | int | float, ...]) -> None:
     """The store's connections pack with hiredis; the bytes on the wire must not change."""
-    ours = b"".join(_PackedConnection().pack_command(*command))
-    assert ours == b"".join(Connection().pack_command(*command))
+    ours = b"".join(PackedConnection().pack_command(*command))
+    assert ours == b"".join(Connection().pack_command(*command)), (
+        f"{PACKING} packs {command!r} unlike redis-py: fix or drop the override"
+    )
+    pipelined = [("LRANGE", "k", 0, -1), ("ZRANGE", "m", 0, -1), command]
+    assert b"".join(PackedConnection().pack_commands(pipelined)) == b"".join(
+        Connection().pack_commands(pipelined)
+    ), f"{PACKING} packs a pipeline unlike redis-py: fix or drop the override"
+
+
+def test_redis_py_still_packs_every_command_through_pack_command() -> None:
+    """The override in streamer/io/store/packing.py assumes redis-py's asyncio connections pack
+    each command with ``pack_command(*args)`` and send what it returns; a redis-py release that
+    changes either fails here, by name, rather than slowly or subtly in production."""
+    params = list(inspect.signature(Connection.pack_command).parameters.values())
+    assert [(p.name, p.kind) for p in params] == [
+        ("self", inspect.Parameter.POSITIONAL_OR_KEYWORD),
+        ("args", inspect.Parameter.VAR_POSITIONAL),
+    ], f"redis-py changed Connection.pack_command to {params}: update or drop {PACKING}"
+
+    packed: list[tuple[object, ...]] = []
+    sent: list[object] = []
+
+    class Capturing(PackedConnection):
+        def pack_command(self, *args: Any) -> list[bytes]:
+            packed.append(args)
+            return super().pack_command(*args)
+
+        async def send_packed_command(self, command: object, check_health: bool = True) -> None:
+            sent.append(command)
+
+    command = ("EVALSHA", "0" * 40, 1, "tickcast:bars:binance:BTCUSDT", 1440, b"[1,2.5]")
+    asyncio.run(Capturing().send_command(*command))
+    assert packed == [command], (
+        f"redis-py no longer packs a command with pack_command(*args): update or drop {PACKING}"
+    )
+    assert sent == [PackedConnection().pack_command(*command)], (
+        f"redis-py no longer sends what pack_command returns: update or drop {PACKING}"
+    )
+
+
+def test_from_url_connects_with_the_hiredis_packing_connections() -> None:
+    plain = RedisBarStore.from_url("redis://cache.invalid:6379/0")
+    tls = RedisBarStore.from_url("rediss://cache.invalid:6380/0")
+    assert plain._client.connection_pool.connection_class is PackedConnection
+    assert tls._client.connection_pool.connection_class is PackedSSLConnection
+
+
+# --- the errors the stores raise ---
+
+
+def test_an_unavailable_store_is_transient_and_a_refusal_permanent() -> None:
+    """The writer retries what is ``Transient`` and drops what is not; callers that catch
+    ``StoreError`` see both."""
+    unavailable = StoreUnavailable("redis://cache:6379: ConnectionError: refused")
+    refused = StoreRejected("redis://cache:6379: ResponseError: WRONGTYPE")
+    assert isinstance(unavailable, StoreError) and isinstance(unavailable, Transient)
+    assert isinstance(refused, StoreError) and isinstance(refused, Permanent)
+    assert not isinstance(refused, Transient) and not isinstance(unavailable, Permanent)
+    assert RetryPolicy().decide(unavailable, RetryPolicy().backoff()).retry
+    assert not RetryPolicy().decide(refused, RetryPolicy().backoff()).retry

@@ -3,6 +3,8 @@ from __future__ import annotations
 from streamer.core.types import Bar
 from streamer.core.windows import Windows
 
+MIN = 60_000
+
 
 def bar(t: int, close: float = 1.0, complete: bool = True) -> Bar:
     return Bar("binance", "BTCUSDT", t * 60_000, close, close, close, close, 1.0, 1, complete)
@@ -49,3 +51,20 @@ def test_full_ends_are_the_windows_ending_at_each_minute_since_a_time() -> None:
     assert s.full_ends(9 * 60_000, 2) == []
     batch = w.batch([key] * len(ends), 2, ends)
     assert batch[:, :, 3].tolist() == [[2.0, 3.0], [5.0, 6.0], [6.0, 7.0], [7.0, 8.0]]
+
+
+def flat(i: int, price: float, complete: bool = True) -> Bar:
+    return Bar("binance", "BTCUSDT", i * MIN, price, price, price, price, 0.0, 0, complete)
+
+
+def test_a_repair_reprices_the_flat_bars_that_carried_the_replaced_close_on() -> None:
+    w = Windows(cap=10)
+    traded = Bar("binance", "BTCUSDT", 1 * MIN, 100.0, 101.0, 99.0, 100.5, 3.0, 4, False)
+    w.apply([traded, flat(2, 100.5), flat(3, 100.5), bar(4, 103.0), flat(5, 103.0)])
+    # REST has the outage minute with a trade the feed missed: its close is 102.0
+    fixed = Bar("binance", "BTCUSDT", 1 * MIN, 100.0, 102.0, 99.0, 102.0, 3.5, 5)
+    repriced = w.apply_repair([fixed])
+    assert repriced == [flat(2, 102.0), flat(3, 102.0)]  # up to the next minute that traded
+    key = ("binance", "BTCUSDT")
+    assert [b.close for b in w.tail(key, 5)] == [102.0, 102.0, 102.0, 103.0, 103.0]
+    assert w.apply_repair([fixed]) == []  # nothing left to carry on

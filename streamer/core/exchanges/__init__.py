@@ -9,10 +9,13 @@ __all__ = ["ConnectionPlan", "Exchange", "FrameError", "RestRequest", "get_excha
 
 def _registry() -> dict[str, Exchange]:
     from streamer.core.exchanges.binance import BINANCE
+    from streamer.core.exchanges.bitstamp import BITSTAMP
+    from streamer.core.exchanges.bybit import BYBIT
     from streamer.core.exchanges.coinbase import COINBASE
     from streamer.core.exchanges.kraken import KRAKEN
+    from streamer.core.exchanges.okx import OKX
 
-    return {x.name: x for x in (BINANCE, COINBASE, KRAKEN)}
+    return {x.name: x for x in (BINANCE, COINBASE, KRAKEN, OKX, BYBIT, BITSTAMP)}
 
 
 def names() -> list[str]:

@@ -6,12 +6,13 @@ Every failure becomes a ``FrameError`` with one of the bounded reason labels use
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
-from typing import Any, Final
+from typing import Annotated, Any, Final
 
 import msgspec
 
-from streamer.core.exchanges.base import FrameError
+from streamer.core.exchanges.base import ConnectionPlan, FrameError
 from streamer.core.types import MINUTE_MS, Bar
 
 DETAIL_MAX: Final = 200
@@ -20,6 +21,15 @@ INT64_MAX: Final = 2**63 - 1
 # minute overflow the bar's exact volume sum (math.fsum raises) and would kill the feed at the
 # minute close; no real market trades 1e15 units at 1e15 a unit.
 TRADE_AMOUNT_MAX: Final = 1e15
+
+# The field types every venue's trade message is checked against, in C by msgspec.
+TradeIdField = Annotated[int, msgspec.Meta(ge=0, le=INT64_MAX)]
+SymbolField = Annotated[str, msgspec.Meta(min_length=1)]
+AmountField = Annotated[float, msgspec.Meta(gt=0.0, le=TRADE_AMOUNT_MAX)]
+# Venues whose trade ids are not numbers (Bybit's UUIDs) keep the text. Bounded, because the
+# aggregator remembers the ids of several minutes for de-duplication (a UUID is 36 characters).
+TRADE_ID_TEXT_MAX: Final = 64
+TextTradeIdField = Annotated[str, msgspec.Meta(min_length=1, max_length=TRADE_ID_TEXT_MAX)]
 
 _ANY_DECODER: Final = msgspec.json.Decoder()
 _EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
@@ -86,6 +96,18 @@ def cell_integer(value: Any, what: str) -> int:
     raise FrameError("bad_type", f"{what} is {type(value).__name__}, not an integer")
 
 
+def cell_integer_text(value: Any, what: str) -> int:
+    """A REST cell holding an integer as a JSON integer or as decimal digits (OKX, Bybit and
+    Bitstamp send times as strings: ``"1670889600000"``)."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if not isinstance(value, str):
+        raise FrameError("bad_type", f"{what} is {type(value).__name__}, not an integer")
+    if not (value.isascii() and value.isdigit()) or len(value) > 19:
+        raise FrameError("bad_value", bounded(f"{what} {value!r} is not an integer"))
+    return int(value)
+
+
 def checked_bar(
     exchange: str,
     symbol: str,
@@ -126,3 +148,33 @@ def check_pair_symbols(exchange: str, symbols: list[str]) -> None:
     for symbol in symbols:
         if symbol.count("-") != 1 or not symbol.isascii() or symbol != symbol.upper():
             raise ValueError(f"{exchange}: bad symbol {symbol!r} (expected e.g. 'BTC-USD')")
+
+
+def check_compact_symbols(exchange: str, symbols: list[str], example: str) -> None:
+    """Canonical symbols without a separator, upper case letters and digits (Bybit ``BTCUSDT``,
+    Bitstamp ``BTCUSD``)."""
+    for symbol in symbols:
+        if not symbol or not symbol.isascii() or not symbol.isalnum() or symbol != symbol.upper():
+            raise ValueError(f"{exchange}: bad symbol {symbol!r} (expected e.g. {example!r})")
+
+
+def split_connections(
+    url: str,
+    symbols: list[str],
+    channels: list[str],
+    max_streams: int,
+    subscribe: Callable[[list[str]], tuple[str, ...]],
+) -> list[ConnectionPlan]:
+    """One connection per ``max_streams // len(channels)`` symbols, each sending what
+    ``subscribe(chunk)`` gives. All channels of a symbol stay on one connection, so that a
+    reconnect never leaves a symbol half subscribed."""
+    per_connection = max(1, max_streams // len(channels))
+    plans = []
+    for first in range(0, len(symbols), per_connection):
+        chunk = symbols[first : first + per_connection]
+        plans.append(ConnectionPlan(url=url, symbols=tuple(chunk), subscribe=subscribe(chunk)))
+    return plans
+
+
+def encode_json(message: object) -> str:
+    return msgspec.json.encode(message).decode()

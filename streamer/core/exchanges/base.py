@@ -6,6 +6,7 @@ an exchange's wire format decides lives behind this interface and is tested with
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -19,6 +20,24 @@ class FrameError(ValueError):
         super().__init__(f"{reason}: {detail}" if detail else reason)
         self.reason = reason
         self.detail = detail
+
+
+@dataclass(frozen=True, slots=True)
+class Reconnect:
+    """The exchange says this connection will end soon (Binance ``serverShutdown``): the feed
+    opens a new one at once and lets this one go when the new one delivers."""
+
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class TradeIdMark:
+    """The venue's newest trade id of ``symbol`` at ``ts_ms`` (a Coinbase heartbeat's
+    ``last_trade_id``): a feed whose newest id is older missed trades."""
+
+    symbol: str
+    last_trade_id: int
+    ts_ms: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +72,13 @@ class Exchange(Protocol):
     # bars per REST page and minimum spacing between REST requests
     max_bars_per_request: int
     min_request_interval_s: float
+    # optional ``rest_weight: streamer.core.rest_limits.RestWeight``: the venue's request-weight
+    # scheme, which every backfill task of the process then shares (Binance); optional
+    # ``sequential_trade_ids = True``: each symbol's trade ids count up by one, so a jump means
+    # missed trades (Coinbase, Kraken); optional ``max_client_messages_per_s``: the venue's limit
+    # on messages a client sends, pings and pongs included (Binance: 5); optional
+    # ``keepalive_message`` / ``keepalive_interval_s``: an application-level ping to send
+    # periodically (OKX, Bybit, Bitstamp)
 
     def connections(
         self, ws_url: str, symbols: list[str], channels: list[str]
@@ -60,11 +86,13 @@ class Exchange(Protocol):
         """Split the subscription over as many connections as the per-connection limit needs."""
         ...
 
-    def parse(self, raw: bytes | str) -> list[Trade | Bar]:
+    def parse(self, raw: bytes | str) -> Sequence[Trade | Bar | Reconnect | TradeIdMark]:
         """Parse one WebSocket frame.
 
-        Returns trades (and, for kline channels, closed bars). Heartbeats, acknowledgements and
-        other channels return ``[]``. Malformed or invalid frames raise ``FrameError``.
+        Returns trades (and, for kline channels, closed bars; for a shutdown notice, a
+        ``Reconnect``; for a heartbeat that names the newest trade id, a ``TradeIdMark``).
+        Other heartbeats, acknowledgements and other channels return ``[]``. Malformed or
+        invalid frames raise ``FrameError``.
         """
         ...
 

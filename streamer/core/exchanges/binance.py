@@ -1,7 +1,7 @@
 """Binance spot: ``<symbol>@trade``, ``<symbol>@aggTrade`` and ``<symbol>@kline_1m`` streams.
 
 A real combined-stream frame (recorded on Binance.US, same protocol as binance.com; from
-cryptofeed's capture in ``../shared/data/ws_messages/cryptofeed/binance_us.jsonl.gz``)::
+cryptofeed's ``binance_us.jsonl.gz`` capture)::
 
     {"stream":"omgbusd@aggTrade","data":{"e":"aggTrade","E":1633998288468,"s":"OMGBUSD",
      "a":425085,"p":"13.80480000","q":"2.10000000","f":439577,"l":439577,"T":1633998288467,
@@ -25,54 +25,58 @@ channels, malformed input) falls back to a slower generic decode that classifies
 from __future__ import annotations
 
 import sys
+from collections.abc import Sequence
 from typing import Annotated, Any, Final
 
 import msgspec
 
 from streamer.core.exchanges._common import (
     INT64_MAX,
-    TRADE_AMOUNT_MAX,
+    AmountField,
+    SymbolField,
+    TradeIdField,
     bounded,
     cell_integer,
     cell_number,
     check_subscription,
     checked_bar,
     decode_any,
+    encode_json,
+    split_connections,
     validation_reason,
 )
-from streamer.core.exchanges.base import ConnectionPlan, FrameError, RestRequest
+from streamer.core.exchanges.base import ConnectionPlan, FrameError, Reconnect, RestRequest
+from streamer.core.rest_limits import RestWeight
 from streamer.core.types import Bar, Side, Trade
 
 __all__ = ["BINANCE", "BinanceSpot"]
 
 _NAME: Final = "binance"
+SERVER_SHUTDOWN: Final = Reconnect("server_shutdown")
 _CHANNELS: Final = ("trade", "aggTrade", "kline_1m")
 _STREAMS_PER_SUBSCRIBE: Final = 200
 
 # Validation lives in the types, so msgspec checks it in C while decoding: prices and
 # quantities finite and > 0 (NaN and inf fail these bounds), ids >= 0, times > 0.
-_Id = Annotated[int, msgspec.Meta(ge=0, le=INT64_MAX)]
 _Time = Annotated[int, msgspec.Meta(gt=0, le=INT64_MAX)]
-_Symbol = Annotated[str, msgspec.Meta(min_length=1)]
 _Positive = Annotated[float, msgspec.Meta(gt=0.0, le=sys.float_info.max)]
-_Amount = Annotated[float, msgspec.Meta(gt=0.0, le=TRADE_AMOUNT_MAX)]
 _NonNegative = Annotated[float, msgspec.Meta(ge=0.0, le=sys.float_info.max)]
 
 
 class _TradeEvent(msgspec.Struct, tag_field="e", tag="trade", gc=False):
-    symbol: _Symbol = msgspec.field(name="s")
-    trade_id: _Id = msgspec.field(name="t")
-    price: _Amount = msgspec.field(name="p")
-    qty: _Amount = msgspec.field(name="q")
+    symbol: SymbolField = msgspec.field(name="s")
+    trade_id: TradeIdField = msgspec.field(name="t")
+    price: AmountField = msgspec.field(name="p")
+    qty: AmountField = msgspec.field(name="q")
     trade_time: _Time = msgspec.field(name="T")
     buyer_is_maker: bool = msgspec.field(name="m")
 
 
 class _AggTradeEvent(msgspec.Struct, tag_field="e", tag="aggTrade", gc=False):
-    symbol: _Symbol = msgspec.field(name="s")
-    trade_id: _Id = msgspec.field(name="a")  # the aggregate trade id
-    price: _Amount = msgspec.field(name="p")
-    qty: _Amount = msgspec.field(name="q")
+    symbol: SymbolField = msgspec.field(name="s")
+    trade_id: TradeIdField = msgspec.field(name="a")  # the aggregate trade id
+    price: AmountField = msgspec.field(name="p")
+    qty: AmountField = msgspec.field(name="q")
     trade_time: _Time = msgspec.field(name="T")
     buyer_is_maker: bool = msgspec.field(name="m")
 
@@ -90,7 +94,7 @@ class _Kline(msgspec.Struct, gc=False):
 
 
 class _KlineEvent(msgspec.Struct, tag_field="e", tag="kline", gc=False):
-    symbol: _Symbol = msgspec.field(name="s")
+    symbol: SymbolField = msgspec.field(name="s")
     kline: _Kline = msgspec.field(name="k")
 
 
@@ -126,43 +130,37 @@ class BinanceSpot:
     max_bars_per_request: int = 1000
     # /api/v3/klines weighs 2 of the 6000 request weight per minute per IP: 10 req/s uses 20 %.
     min_request_interval_s: float = 0.1
+    rest_weight: RestWeight | None = RestWeight("X-MBX-USED-WEIGHT-1M", 6000, 2)
+    # messages a client may send per second and connection, pings and pongs included
+    max_client_messages_per_s: int = 5
 
     def connections(
         self, ws_url: str, symbols: list[str], channels: list[str]
     ) -> list[ConnectionPlan]:
-        """One combined-stream connection per ``1024 // len(channels)`` symbols.
-
-        All channels of a symbol stay on the same connection, so a reconnect never leaves a
-        symbol half subscribed.
-        """
+        """One combined-stream connection per ``1024 // len(channels)`` symbols, subscribed
+        ``_STREAMS_PER_SUBSCRIBE`` streams a message."""
         check_subscription(_NAME, symbols, channels, _CHANNELS)
         for symbol in symbols:
             if not symbol or not symbol.isalnum() or not symbol.isascii():
                 raise ValueError(f"binance: bad symbol {symbol!r} (expected e.g. 'BTCUSDT')")
-        url = ws_url.rstrip("/") + "/stream"
-        per_connection = max(1, self.max_streams_per_connection // len(channels))
-        plans: list[ConnectionPlan] = []
-        for first in range(0, len(symbols), per_connection):
-            chunk = symbols[first : first + per_connection]
-            streams = [f"{symbol.lower()}@{channel}" for symbol in chunk for channel in channels]
-            messages = tuple(
-                msgspec.json.encode(
-                    {
-                        "method": "SUBSCRIBE",
-                        "params": streams[i : i + _STREAMS_PER_SUBSCRIBE],
-                        "id": 1 + i // _STREAMS_PER_SUBSCRIBE,
-                    }
-                ).decode()
-                for i in range(0, len(streams), _STREAMS_PER_SUBSCRIBE)
-            )
-            plans.append(ConnectionPlan(url=url, symbols=tuple(chunk), subscribe=messages))
-        return plans
 
-    def parse(self, raw: bytes | str) -> list[Trade | Bar]:
+        def subscribe(chunk: list[str]) -> tuple[str, ...]:
+            streams = [f"{symbol.lower()}@{channel}" for symbol in chunk for channel in channels]
+            n = _STREAMS_PER_SUBSCRIBE
+            return tuple(
+                encode_json({"method": "SUBSCRIBE", "params": streams[i : i + n], "id": 1 + i // n})
+                for i in range(0, len(streams), n)
+            )
+
+        url = ws_url.rstrip("/") + "/stream"
+        return split_connections(url, symbols, channels, self.max_streams_per_connection, subscribe)
+
+    def parse(self, raw: bytes | str) -> Sequence[Trade | Bar | Reconnect]:
         """Parse one raw-stream or combined-stream frame.
 
         Acks (``{"result":null,"id":1}``) and other channels give ``[]``; error frames
-        (``{"code":2,"msg":...}``) raise ``FrameError("exchange_error")``.
+        (``{"code":2,"msg":...}``) raise ``FrameError("exchange_error")``; the
+        ``{"e":"serverShutdown","E":...}`` notice gives ``[SERVER_SHUTDOWN]``.
         """
         try:
             # A cheap hint, not a decision: '{"stream":...' has 's' at index 2. A frame that
@@ -188,7 +186,7 @@ class BinanceSpot:
             )
         ]
 
-    def _parse_slow(self, raw: bytes | str) -> list[Trade | Bar]:
+    def _parse_slow(self, raw: bytes | str) -> Sequence[Trade | Bar | Reconnect]:
         """Classify a frame that is not a well-formed trade/aggTrade/kline event."""
         frame = decode_any(raw)
         if isinstance(frame, list):
@@ -201,6 +199,8 @@ class BinanceSpot:
         if not isinstance(event, dict):
             return []
         tag = event.get("e")
+        if tag == "serverShutdown":
+            return [SERVER_SHUTDOWN]  # the server goes soon: move to a new connection
         event_type = _EVENT_TYPES.get(tag) if isinstance(tag, str) else None
         if event_type is None:
             return []  # ack, depth, bookTicker, ticker...: not ours

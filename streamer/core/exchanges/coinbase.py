@@ -1,7 +1,7 @@
 """Coinbase Exchange: the ``matches`` channel of ``wss://ws-feed.exchange.coinbase.com``.
 
 A real frame, recorded by cryptofeed
-(``../shared/data/ws_messages/cryptofeed/coinbase_pro.jsonl.gz``)::
+(cryptofeed's ``coinbase_pro.jsonl.gz`` recording)::
 
     {"type":"match","trade_id":1568268,"maker_order_id":"cac01d6d-8009-4c33-8e0d-f7f853d7c1bc",
      "taker_order_id":"3dec64e4-f6ad-4ca8-ad3f-e5b1a0eb0d06","side":"sell","size":"450",
@@ -20,14 +20,17 @@ parsed from them have ``trades=0``; do not read ``trades == 0`` as "no trades" f
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import UTC, datetime
-from typing import Annotated, Any, Final, Literal
+from typing import Any, Final, Literal
 
 import msgspec
 
 from streamer.core.exchanges._common import (
     INT64_MAX,
-    TRADE_AMOUNT_MAX,
+    AmountField,
+    SymbolField,
+    TradeIdField,
     bounded,
     cell_integer,
     cell_number,
@@ -35,29 +38,28 @@ from streamer.core.exchanges._common import (
     check_subscription,
     checked_bar,
     decode_any,
+    encode_json,
     iso8601_to_ms,
+    split_connections,
     validation_reason,
 )
-from streamer.core.exchanges.base import ConnectionPlan, FrameError, RestRequest
+from streamer.core.exchanges.base import ConnectionPlan, FrameError, RestRequest, TradeIdMark
 from streamer.core.types import MINUTE_MS, Bar, Trade
 
 __all__ = ["COINBASE", "CoinbaseExchange", "iso8601_to_ms"]
 
 _NAME: Final = "coinbase"
 _CHANNELS: Final = ("matches",)
+_HEARTBEAT: Final = "heartbeat"
 _MAX_CANDLES: Final = 300
-
-_Id = Annotated[int, msgspec.Meta(ge=0, le=INT64_MAX)]
-_Symbol = Annotated[str, msgspec.Meta(min_length=1)]
-_Amount = Annotated[float, msgspec.Meta(gt=0.0, le=TRADE_AMOUNT_MAX)]
 
 
 class _Match(msgspec.Struct, tag_field="type", tag="match", gc=False):
-    trade_id: _Id
+    trade_id: TradeIdField
     maker_side: Literal["buy", "sell"] = msgspec.field(name="side")
-    size: _Amount
-    price: _Amount
-    product_id: _Symbol
+    size: AmountField
+    price: AmountField
+    product_id: SymbolField
     time: str
 
 
@@ -89,36 +91,43 @@ class CoinbaseExchange:
     max_bars_per_request: int = _MAX_CANDLES
     # Public REST: 10 requests per second per IP (bursts of 15); stay near 6.7/s.
     min_request_interval_s: float = 0.15
+    # each product's trade ids count up by one: a jump (or a heartbeat's newer last_trade_id)
+    # means missed matches
+    sequential_trade_ids: bool = True
+    # candles leave out minutes without trades: the backfill fills them in as flat bars
+    omits_quiet_minutes: bool = True
 
     def connections(
         self, ws_url: str, symbols: list[str], channels: list[str]
     ) -> list[ConnectionPlan]:
-        """One subscribe message per connection, ``max_streams_per_connection`` products each."""
+        """One subscribe message per connection, ``max_streams_per_connection`` products each,
+        with the heartbeat channel: a quiet product still sends one a second, so its
+        connection is not taken for dead, and its last_trade_id shows missed matches."""
         check_subscription(_NAME, symbols, channels, _CHANNELS)
         check_pair_symbols(_NAME, symbols)
-        per_connection = max(1, self.max_streams_per_connection // len(channels))
-        plans: list[ConnectionPlan] = []
-        for first in range(0, len(symbols), per_connection):
-            chunk = symbols[first : first + per_connection]
-            message = {"type": "subscribe", "product_ids": chunk, "channels": list(channels)}
-            plans.append(
-                ConnectionPlan(
-                    url=ws_url,
-                    symbols=tuple(chunk),
-                    subscribe=(msgspec.json.encode(message).decode(),),
-                )
-            )
-        return plans
 
-    def parse(self, raw: bytes | str) -> list[Trade | Bar]:
-        """``match`` and ``last_match`` give one trade, ``error`` raises, the rest give ``[]``."""
+        def subscribe(chunk: list[str]) -> tuple[str, ...]:
+            message = {
+                "type": "subscribe",
+                "product_ids": chunk,
+                "channels": [*channels, _HEARTBEAT],
+            }
+            return (encode_json(message),)
+
+        return split_connections(
+            ws_url, symbols, channels, self.max_streams_per_connection, subscribe
+        )
+
+    def parse(self, raw: bytes | str) -> Sequence[Trade | Bar | TradeIdMark]:
+        """``match`` and ``last_match`` give one trade, ``heartbeat`` a ``TradeIdMark``,
+        ``error`` raises, the rest give ``[]``."""
         try:
             match = _MATCH_DECODER.decode(raw)
         except Exception:  # the slow path classifies every failure
             return self._parse_slow(raw)
         return [_trade(match)]
 
-    def _parse_slow(self, raw: bytes | str) -> list[Trade | Bar]:
+    def _parse_slow(self, raw: bytes | str) -> Sequence[Trade | Bar | TradeIdMark]:
         frame = decode_any(raw)
         if not isinstance(frame, dict):
             raise FrameError("bad_type", f"top-level JSON {type(frame).__name__}, not an object")
@@ -126,9 +135,11 @@ class CoinbaseExchange:
         if kind == "error":
             detail = f"{frame.get('message')}: {frame.get('reason')}"
             raise FrameError("exchange_error", bounded(detail))
+        if kind == _HEARTBEAT:
+            return _heartbeat(frame)
         match_type = _MATCH_TYPES.get(kind) if isinstance(kind, str) else None
         if match_type is None:
-            return []  # subscriptions, heartbeat, ticker, l2update, ...
+            return []  # subscriptions, ticker, l2update, ...
         try:
             match = msgspec.convert(frame, match_type, strict=False)
         except msgspec.ValidationError as exc:
@@ -164,6 +175,28 @@ class CoinbaseExchange:
         bars = [_candle_bar(symbol, row) for row in rows]
         bars.sort(key=lambda bar: bar.open_time_ms)
         return bars
+
+
+class _Heartbeat(msgspec.Struct, gc=False):
+    product_id: SymbolField
+    last_trade_id: TradeIdField
+    time: str
+
+
+def _heartbeat(frame: dict[str, Any]) -> list[TradeIdMark]:
+    """``{"type":"heartbeat","sequence":90,"last_trade_id":20,"product_id":"BTC-USD",
+    "time":"2014-11-07T08:19:28.464459Z"}`` (Coinbase's documented example; the recordings
+    hold no heartbeat)."""
+    try:
+        beat = msgspec.convert(frame, _Heartbeat, strict=False)
+        ts_ms = iso8601_to_ms(beat.time)
+    except msgspec.ValidationError as exc:
+        raise FrameError(validation_reason(exc), bounded(str(exc))) from None
+    except (ValueError, OverflowError) as exc:
+        raise FrameError("bad_value", bounded(str(exc))) from None
+    if not 0 < ts_ms <= INT64_MAX:
+        raise FrameError("bad_value", f"time {beat.time!r} is not after 1970")
+    return [TradeIdMark(beat.product_id, beat.last_trade_id, ts_ms)]
 
 
 def _trade(match: _Match) -> Trade:

@@ -14,8 +14,8 @@ applied frame would hide the problem behind plausible-looking data. Snapshot fra
 50 trades, only sent when asked for) are trades like updates; the aggregator drops the ones it
 has already seen by ``trade_id``.
 
-WebSocket v1 (``wss://ws.kraken.com``; the recording in ``../shared/data/ws_messages/cryptofeed/
-kraken_spot_trade.jsonl.gz``) sends data as arrays without trade ids, which cannot be
+WebSocket v1 (``wss://ws.kraken.com``; cryptofeed's recording
+``kraken_spot_trade.jsonl.gz``) sends data as arrays without trade ids, which cannot be
 de-duplicated. Its event objects (``heartbeat``, ``systemStatus``, ``subscriptionStatus``) are
 ignored; its data arrays raise ``FrameError("unsupported_protocol")``, so pointing the feed at
 the v1 URL shows up in the rejected-frames metric instead of as silently missing trades.
@@ -23,25 +23,42 @@ the v1 URL shows up in the rejected-frames metric instead of as silently missing
 Symbols: the wire form ``BTC/USD`` is ``BTC-USD`` in the project. REST ``/0/public/OHLC`` wants
 Kraken's pair name (the ``altname`` of ``/0/public/AssetPairs``), which still spells bitcoin
 ``XBT`` and dogecoin ``XDG``: ``BTC-USD`` -> ``XBTUSD``.
+
+REST ``/0/public/OHLC`` only reaches 720 minutes back. Older minutes come from
+``/0/public/Trades`` (Kraken's whole trade history, up to 1000 trades a page from ``since``, a
+Unix time in ns; the answer's ``last``, in ns too, is where the next page starts), which the
+backfill aggregates into bars itself (``streamer.core.paging.TradePager``). A row of it::
+
+    ["105433.60000", "0.00027625", 1762795433.9717445, "b", "l", "", 10218208]
+
+price, volume, time in seconds (a JSON number, to 100 ns), the taker's side (``b``/``s``),
+market or limit, misc, and the trade id (added in 2023).
 """
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Final, Literal
+import math
+from typing import Any, Final, Literal
 
 import msgspec
 
 from streamer.core.exchanges._common import (
     INT64_MAX,
     TRADE_AMOUNT_MAX,
+    AmountField,
+    SymbolField,
+    TradeIdField,
     bounded,
     cell_integer,
+    cell_integer_text,
     cell_number,
     check_pair_symbols,
     check_subscription,
     checked_bar,
     decode_any,
+    encode_json,
     iso8601_to_ms,
+    split_connections,
     validation_reason,
 )
 from streamer.core.exchanges.base import ConnectionPlan, FrameError, RestRequest
@@ -53,18 +70,16 @@ _NAME: Final = "kraken"
 _CHANNELS: Final = ("trade",)
 # REST pair names keep Kraken's legacy asset codes; WebSocket v2 uses the common ones.
 _REST_ASSET: Final = {"BTC": "XBT", "DOGE": "XDG"}
-
-_Id = Annotated[int, msgspec.Meta(ge=0, le=INT64_MAX)]
-_Symbol = Annotated[str, msgspec.Meta(min_length=1)]
-_Amount = Annotated[float, msgspec.Meta(gt=0.0, le=TRADE_AMOUNT_MAX)]
+TRADES_PER_PAGE: Final = 1000  # the most ``/0/public/Trades`` returns, and its default
+_TAKER: Final[dict[Any, Literal["buy", "sell"]]] = {"b": "buy", "s": "sell"}
 
 
 class _Trade(msgspec.Struct, gc=False):
-    symbol: _Symbol
+    symbol: SymbolField
     side: Literal["buy", "sell"]
-    price: _Amount
-    qty: _Amount
-    trade_id: _Id
+    price: AmountField
+    qty: AmountField
+    trade_id: TradeIdField
     timestamp: str
 
 
@@ -103,8 +118,12 @@ class KrakenSpot:
     connect_attempts_per_s: float = 0.5
     # OHLC returns at most the 720 most recent entries (12 h of minutes), whatever ``since``.
     max_bars_per_request: int = 720
+    # ... so OHLC reaches this far back; older minutes are backfilled from /0/public/Trades
+    bars_depth_minutes: int = 720
     # Public REST endpoints are throttled per IP at about one call per second.
     min_request_interval_s: float = 1.0
+    # v2 trade ids count up by one per pair: a jump means missed trades
+    sequential_trade_ids: bool = True
 
     def connections(
         self, ws_url: str, symbols: list[str], channels: list[str]
@@ -112,22 +131,22 @@ class KrakenSpot:
         """One subscribe message per channel and connection, ``BTC-USD`` sent as ``BTC/USD``."""
         check_subscription(_NAME, symbols, channels, _CHANNELS)
         check_pair_symbols(_NAME, symbols)
-        per_connection = max(1, self.max_streams_per_connection // len(channels))
-        plans: list[ConnectionPlan] = []
-        for first in range(0, len(symbols), per_connection):
-            chunk = symbols[first : first + per_connection]
+
+        def subscribe(chunk: list[str]) -> tuple[str, ...]:
             wire = [symbol.replace("-", "/") for symbol in chunk]
-            messages = tuple(
-                msgspec.json.encode(
+            return tuple(
+                encode_json(
                     {
                         "method": "subscribe",
                         "params": {"channel": channel, "symbol": wire, "snapshot": False},
                     }
-                ).decode()
+                )
                 for channel in channels
             )
-            plans.append(ConnectionPlan(url=ws_url, symbols=tuple(chunk), subscribe=messages))
-        return plans
+
+        return split_connections(
+            ws_url, symbols, channels, self.max_streams_per_connection, subscribe
+        )
 
     def parse(self, raw: bytes | str) -> list[Trade | Bar]:
         """Trade frames give their trades; heartbeat, status, acks and other channels ``[]``.
@@ -202,6 +221,47 @@ class KrakenSpot:
         bars.sort(key=lambda bar: bar.open_time_ms)
         return bars
 
+    def trades_request(self, symbol: str, since_ns: int) -> RestRequest:
+        """``GET /0/public/Trades``: the (up to) 1000 trades after ``since_ns``, oldest first."""
+        if since_ns < 0:
+            raise ValueError(f"since_ns {since_ns} is before 1970")
+        return RestRequest(
+            path="/0/public/Trades",
+            params={
+                "pair": rest_pair(symbol),
+                "since": str(since_ns),
+                "count": str(TRADES_PER_PAGE),
+            },
+        )
+
+    def parse_trades(self, symbol: str, raw: bytes) -> tuple[list[Trade], int]:
+        """A Trades page -> (its trades in the order sent, ``last`` in ns).
+
+        The whole page is refused (``FrameError``) if any row is bad, as a WebSocket frame is:
+        a page with holes would make bars that look complete.
+        """
+        response = decode_any(raw)
+        if not isinstance(response, dict):
+            raise FrameError("bad_type", "Trades response is not an object")
+        errors = response.get("error")
+        if errors:
+            raise FrameError("exchange_error", bounded(str(errors)))
+        result = response.get("result")
+        if not isinstance(result, dict):
+            raise FrameError("missing_field", "Trades response has no result object")
+        if "last" not in result:
+            raise FrameError("missing_field", "Trades result has no last")
+        last_ns = cell_integer_text(result["last"], "Trades last")
+        if not 0 <= last_ns <= INT64_MAX:
+            raise FrameError("bad_value", f"Trades last {last_ns} out of range")
+        # Keyed by Kraken's pair name (XXBTZUSD for XBTUSD), next to "last".
+        tables = [rows for key, rows in result.items() if key != "last"]
+        if len(tables) != 1 or not isinstance(tables[0], list):
+            raise FrameError(
+                "bad_type", f"Trades result holds {len(tables)} pair tables, expected 1"
+            )
+        return [_rest_trade(symbol, row) for row in tables[0]], last_ns
+
 
 def _trades(message: _TradeMessage) -> list[Trade | Bar]:
     trades: list[Trade | Bar] = []
@@ -241,6 +301,38 @@ def _ohlc_bar(symbol: str, row: Any) -> Bar:
     if not 0 < time_s <= INT64_MAX // 1000:
         raise FrameError("bad_value", f"OHLC time {time_s} out of range")
     return checked_bar(_NAME, symbol, time_s * 1000, open_, high, low, close, volume, count)
+
+
+def _rest_trade(symbol: str, row: Any) -> Trade:
+    """``[price, volume, time_s, "b"|"s", "m"|"l", misc, trade_id]``.
+
+    The time is a float of seconds to 100 ns: rounded to whole microseconds (the float's own
+    error is far below one), then truncated to ms as the WebSocket's timestamps are, so a trade
+    lands in the same minute and millisecond by either path.
+    """
+    if not isinstance(row, list):
+        raise FrameError("bad_type", "Trades row is not an array")
+    if len(row) < 7:
+        raise FrameError("missing_field", f"Trades row has {len(row)} columns, expected 7")
+    price = cell_number(row[0], "Trades price")
+    qty = cell_number(row[1], "Trades volume")
+    if not (0.0 < price <= TRADE_AMOUNT_MAX and 0.0 < qty <= TRADE_AMOUNT_MAX):
+        raise FrameError("bad_value", bounded(f"Trades price/volume {row[0]!r}/{row[1]!r}"))
+    time_s = row[2]
+    if isinstance(time_s, bool) or not isinstance(time_s, int | float):
+        raise FrameError("bad_type", f"Trades time is {type(time_s).__name__}, not a number")
+    if not (math.isfinite(time_s) and 0 < time_s <= INT64_MAX // 1_000_000_000):
+        raise FrameError("bad_value", bounded(f"Trades time {time_s!r} out of range"))
+    ts_ms = round(time_s * 1_000_000) // 1000
+    side = _TAKER.get(row[3]) if isinstance(row[3], str) else None
+    if side is None:
+        raise FrameError("bad_value", bounded(f"Trades side {row[3]!r} is not b or s"))
+    trade_id = cell_integer(row[6], "Trades trade_id")
+    if not 0 <= trade_id <= INT64_MAX:
+        raise FrameError("bad_value", f"Trades trade_id {trade_id} out of range")
+    if ts_ms <= 0:
+        raise FrameError("bad_value", f"Trades time {time_s!r} is not after 1970")
+    return Trade(_NAME, symbol, trade_id, ts_ms, price, qty, side)
 
 
 KRAKEN: Final = KrakenSpot()
