@@ -192,3 +192,30 @@ async def test_a_200_whose_body_is_unusable_is_an_error_not_a_success(
     finally:
         await runner.cleanup()
     assert (counted(metrics, "error"), counted(metrics, "ok")) == (1, 0)
+
+
+async def test_the_weight_the_host_reports_is_shared_by_every_task_and_holds_requests_back(
+    session: aiohttp.ClientSession,
+) -> None:
+    if time.time() % 60 > 50:  # the weight is counted per wall-clock minute: start in one
+        await asyncio.sleep(61 - time.time() % 60)
+    source = kline_source(SYMBOL, 100)
+    first = source.first_open_ms
+    async with ReplayServer([source], start_ms=first + 50 * MINUTE_MS) as server:
+        metrics = Metrics()
+        backfill = RestBackfill(BINANCE, server.rest_url, session, metrics)
+        await backfill.fetch(SYMBOL, first, first + 10 * MINUTE_MS)
+        assert backfill.limits.used_weight == 2  # what X-MBX-USED-WEIGHT-1M said
+        assert (
+            metrics.registry.get_sample_value("tickcast_rest_used_weight", {"exchange": "binance"})
+            == 2
+        )
+        assert backfill.limits.weight_wait_s(time.time()) == 0.0
+        # others on this IP used the rest of this process's half of the minute's 6,000
+        assert server.weight is not None
+        server.weight.used = {int(time.time() // 60): 2997}
+        await backfill.fetch(SYMBOL, first + 10 * MINUTE_MS, first + 20 * MINUTE_MS)
+        assert backfill.limits.used_weight == 2999
+        # the next request would pass 3,000: every task of the process waits for the next minute
+        wait = backfill.limits.weight_wait_s(time.time())
+        assert 0 < wait <= 60
