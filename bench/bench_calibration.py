@@ -47,6 +47,7 @@ from support.waits import wait_until  # noqa: E402
 
 from streamer.app import Streamer  # noqa: E402
 from streamer.core.types import MINUTE_MS, Forecast  # noqa: E402
+from streamer.io.sinks import CollectingSink  # noqa: E402
 from streamer.replay.data import DATA_DIR, Source, load_source  # noqa: E402
 from streamer.replay.server import ReplayServer  # noqa: E402
 from streamer.settings import load_settings  # noqa: E402
@@ -85,24 +86,6 @@ REPLAYS = (
         ),
     ),
 )
-
-
-class Collecting:
-    """A forecast sink keeping every forecast the streamer publishes."""
-
-    def __init__(self) -> None:
-        self.forecasts: list[Forecast] = []
-
-    def publish_forecast(self, forecast: Forecast, closed_at: float) -> None:
-        self.forecasts.append(forecast)
-
-    def publish_skill(
-        self, exchange: str, symbol: str, figures: dict[int, dict[str, float]]
-    ) -> None:
-        return None
-
-    async def wait_sent(self) -> None:
-        return None
 
 
 @dataclass
@@ -154,7 +137,7 @@ async def run_once(replay: Replay, calibration: str, speed: float) -> Run:
     first = min(s.first_open_ms for s in sources)
     span_s = (max(s.end_ms for s in sources) - first) // 1000
     last_closed = min(s.klines[-2].open_time_ms for s in sources)
-    sink = Collecting()
+    sink = CollectingSink()
     start = first + WARMUP_MIN * MINUTE_MS
     async with ReplayServer(sources, speed=speed, start_ms=start, dialect=replay.venue) as server:
         settings = load_settings(

@@ -48,6 +48,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import benchkit
 from benchkit import free_port
@@ -61,7 +62,7 @@ from streamer.core.bars import BarAggregator  # noqa: E402
 from streamer.core.types import MINUTE_MS, Bar, Forecast, Trade  # noqa: E402
 from streamer.core.windows import Windows  # noqa: E402
 from streamer.io.forecaster import Forecaster  # noqa: E402
-from streamer.io.model import FloatArray, LoadedModel, ModelServer, TimeArray, load_model  # noqa: E402
+from streamer.io.model import FloatArray, ModelServer, load_model  # noqa: E402
 from streamer.io.publisher import MqttOptions, MqttPublisher  # noqa: E402
 from streamer.io.sinks import MqttSink  # noqa: E402
 from streamer.io.store import BufferedBarWriter, RedisBarStore  # noqa: E402
@@ -207,27 +208,15 @@ class Market:
 
 
 class TimedServer(ModelServer):
-    """The real ModelServer; when a round's first chunk was submitted, and the thread time of
-    all its chunks, are noted."""
+    """The real ModelServer; when a round's first chunk was submitted is noted."""
 
     first_started: float | None = None
-    compute_s: float = 0.0
 
-    def submit(
-        self,
-        batch: FloatArray,
-        model: LoadedModel | None = None,
-        bar_time_s: TimeArray | None = None,
-    ) -> asyncio.Future[tuple[FloatArray, float]]:
+    def submit(self, *args: Any, **kwargs: Any) -> asyncio.Future[tuple[FloatArray, float]]:
+        """``ModelServer.submit`` unchanged, once a round's first call is noted."""
         if self.first_started is None:
             self.first_started = time.monotonic()
-        future = super().submit(batch, model, bar_time_s)
-        future.add_done_callback(self._add_compute)
-        return future
-
-    def _add_compute(self, future: asyncio.Future[tuple[FloatArray, float]]) -> None:
-        if not future.cancelled() and future.exception() is None:
-            self.compute_s += future.result()[1]
+        return super().submit(*args, **kwargs)
 
 
 class TimedForecaster(Forecaster):
@@ -250,7 +239,7 @@ class TimedForecaster(Forecaster):
 
     async def forecast_round(self) -> list[Forecast]:
         self.round_started = time.monotonic()
-        self.server.first_started, self.server.compute_s = None, 0.0
+        self.server.first_started = None
         forecasts = await super().forecast_round()
         self.round_ended = time.monotonic()
         return forecasts
@@ -335,11 +324,16 @@ async def run_pipeline(
     )
     publisher = MqttPublisher(options)
     sink = MqttSink(publisher, 86_400, lambda: time.time_ns() // 1_000_000, on_forecast_ack)
+    compute: list[float] = []  # the worker thread's time of the minute's round, all chunks
+
+    def on_round(inference_s: float, _close_to_publish_s: float, _forecasts: int) -> None:
+        compute.append(inference_s)
+
     server = TimedServer()
     server.swap(model)
     forecaster = TimedForecaster(
         windows, server, sink, eval_horizons=[1, 5, 15], eval_window_ms=86_400_000,
-        wall_clock_ms=lambda: time.time_ns() // 1_000_000,
+        wall_clock_ms=lambda: time.time_ns() // 1_000_000, on_round=on_round,
     )  # fmt: skip
     forecaster.skill = skill
     try:
@@ -361,6 +355,7 @@ async def run_pipeline(
                     await asyncio.sleep(0.005)
                 await asyncio.sleep(IDLE_S)
                 acks.clear()
+                compute.clear()
                 redis_rounds.clear()
                 acks_done.clear()
                 redis_done.clear()
@@ -387,7 +382,7 @@ async def run_pipeline(
                 for phase, start, end in zip(PHASES, marks, marks[1:], strict=False):
                     samples.phases[phase].append(end - start)
                 samples.phases["skill"].append(f.skill_seconds)
-                samples.inference_compute.append(server.compute_s)
+                samples.inference_compute.append(sum(compute))
             await publisher.close(5.0)
             for task in tasks:
                 task.cancel()

@@ -61,6 +61,10 @@ async def child(n_symbols: int, cap: int, data: Path, model_bytes: bytes) -> dic
     stages: dict[str, float] = {"python": rss_mb()}
     import numpy as np
 
+    from streamer.io.allocator import pin_mmap_threshold
+
+    pin_mmap_threshold()  # as `tickcast-streamer run` does first
+
     from streamer.app import Streamer
     from streamer.core.bars import BarAggregator
     from streamer.core.types import MINUTE_MS, Bar, Trade

@@ -17,15 +17,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import csv
-import gzip
 import shutil
 import socket
 import statistics
 import subprocess
 import tempfile
 import time
-from pathlib import Path
 
 import benchkit
 import redis.asyncio as aioredis
@@ -33,8 +30,8 @@ from benchkit import free_port
 
 from streamer.core.types import MINUTE_MS, Bar
 from streamer.io.store import RedisBarStore
+from streamer.replay.data import DATA_DIR, load_source
 
-DATA = Path(__file__).resolve().parent.parent / "streamer" / "replay" / "data"
 SERIES = [
     "BTCUSDT_1m_20230427_20230501",
     "ETHUSDT_1m_20230427_20230501",
@@ -48,17 +45,10 @@ Ohlcv = tuple[float, float, float, float, float]
 
 
 def load_series(name: str) -> list[Ohlcv]:
-    with gzip.open(DATA / f"{name}.csv.gz", "rt") as f:
-        return [
-            (
-                float(r["open"]),
-                float(r["high"]),
-                float(r["low"]),
-                float(r["close"]),
-                float(r["volume"]),
-            )
-            for r in csv.DictReader(f)
-        ]
+    return [
+        (float(k.open), float(k.high), float(k.low), float(k.close), float(k.volume))
+        for k in load_source(DATA_DIR / f"{name}.csv.gz").klines
+    ]
 
 
 def start_redis(workdir: str) -> tuple[subprocess.Popen[bytes], int]:

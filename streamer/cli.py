@@ -43,6 +43,9 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 async def _run(settings: Settings) -> None:
     from streamer.app import Streamer
+    from streamer.io.allocator import pin_mmap_threshold
+
+    pin_mmap_threshold()
 
     streamer = Streamer(settings)
     install_signal_handlers(streamer.request_stop)

@@ -12,10 +12,14 @@ import os
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from streamer.core.types import MINUTE_MS, floor_minute
+
+if TYPE_CHECKING:
+    from trainer.registry import Registry
 
 DEFAULT_STORE = "var/history"
 DEFAULT_REGISTRY = "var/registry"
@@ -261,30 +265,34 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_promote(args: argparse.Namespace) -> int:
+def _change_registry(target: str, action: str, change: Callable[[Registry], str]) -> int:
+    """An operator's change to the registry: prints what ``change`` says it did, or exits 2
+    with the registry's reason for refusing it."""
     from trainer.registry import RegistryError
 
-    registry = _open_registry(args.registry)
+    registry = _open_registry(target)
     try:
-        registry.promote(args.version, actor="operator")
+        done = change(registry)
     except RegistryError as exc:
-        _log(f"promote failed: {exc}")
+        _log(f"{action} failed: {exc}")
         return 2
-    _log(f"current is now {args.version}")
+    _log(done)
     return 0
+
+
+def cmd_promote(args: argparse.Namespace) -> int:
+    def promote(registry: Registry) -> str:
+        registry.promote(args.version, actor="operator")
+        return f"current is now {args.version}"
+
+    return _change_registry(args.registry, "promote", promote)
 
 
 def cmd_rollback(args: argparse.Namespace) -> int:
-    from trainer.registry import RegistryError
+    def rollback(registry: Registry) -> str:
+        return f"rolled back; current is now {registry.rollback(actor='operator')}"
 
-    registry = _open_registry(args.registry)
-    try:
-        version = registry.rollback(actor="operator")
-    except RegistryError as exc:
-        _log(f"rollback failed: {exc}")
-        return 2
-    _log(f"rolled back; current is now {version}")
-    return 0
+    return _change_registry(args.registry, "rollback", rollback)
 
 
 def cmd_list(args: argparse.Namespace) -> int:

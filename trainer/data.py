@@ -25,7 +25,7 @@ import io
 import json
 import math
 from collections import Counter
-from collections.abc import Collection, Iterable, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -224,6 +224,24 @@ class _RowChecker:
             return BadRow(self.source, line, "non_numeric", text)
         return self.check_values(line, ts_ms, (o, h, lo, c, v), text)
 
+    def check_row(
+        self,
+        line: int,
+        cells: list[str],
+        count_ok: bool,
+        parse_time: Callable[[str], int],
+        at: Sequence[int],
+    ) -> tuple[int, float, float, float, float, float] | BadRow:
+        """One CSV row of either layout: its column count, its time (the first cell, read by
+        ``parse_time``), then the open, high, low, close and volume in the cells ``at``."""
+        if not count_ok:
+            return BadRow(self.source, line, "wrong_column_count", f"{len(cells)} columns")
+        try:
+            ts = parse_time(cells[0])
+        except ValueError:
+            return BadRow(self.source, line, "bad_timestamp", cells[0])
+        return self.check(line, ts, [cells[i] for i in at])
+
     def check_values(
         self, line: int, ts_ms: int, values: tuple[float, float, float, float, float], text: str
     ) -> tuple[int, float, float, float, float, float] | BadRow:
@@ -253,16 +271,8 @@ def _rows_positional(
     """Rows ``[time, open, high, low, close, volume, ...]``: exactly ``exact_columns`` cells
     (Binance's dumps have 12), or at least 6 when None."""
     for line, cells in rows:
-        bad_count = len(cells) < 6 if exact_columns is None else len(cells) != exact_columns
-        if bad_count:
-            yield line, BadRow(check.source, line, "wrong_column_count", f"{len(cells)} columns")
-            continue
-        try:
-            ts = _int_ms(cells[0])
-        except ValueError:
-            yield line, BadRow(check.source, line, "bad_timestamp", cells[0])
-            continue
-        yield line, check.check(line, ts, cells[1:6])
+        count_ok = len(cells) >= 6 if exact_columns is None else len(cells) == exact_columns
+        yield line, check.check_row(line, cells, count_ok, _int_ms, range(1, 6))
 
 
 def _rows_yahoo(
@@ -276,15 +286,7 @@ def _rows_yahoo(
             f"Yahoo header {','.join(header)!r} lacks open/high/low/close/volume"
         ) from None
     for line, cells in rows:
-        if len(cells) != len(names):
-            yield line, BadRow(check.source, line, "wrong_column_count", f"{len(cells)} columns")
-            continue
-        try:
-            ts = parse_iso_ms(cells[0])
-        except ValueError:
-            yield line, BadRow(check.source, line, "bad_timestamp", cells[0])
-            continue
-        yield line, check.check(line, ts, [cells[i] for i in at])
+        yield line, check.check_row(line, cells, len(cells) == len(names), parse_iso_ms, at)
 
 
 def _numbered(reader: Any) -> Iterator[tuple[int, list[str]]]:

@@ -51,6 +51,17 @@ class Series:
     def __len__(self) -> int:
         return int(self.open_time_ms.shape[0])
 
+    def rows(self, rows: slice | npt.NDArray[np.bool_] | npt.NDArray[np.int64]) -> Series:
+        """The bars at ``rows`` (a slice, a mask or indices) as a series of their own."""
+        return Series(
+            self.exchange,
+            self.symbol,
+            self.interval_ms,
+            self.open_time_ms[rows],
+            self.bars[rows],
+            self.close[rows],
+        )
+
 
 @dataclass(frozen=True, slots=True)
 class Split:
@@ -70,6 +81,15 @@ def run_starts(open_time_ms: npt.NDArray[np.int64], interval_ms: int) -> npt.NDA
         breaks[1:] = np.diff(open_time_ms) != interval_ms
     starts = np.where(breaks, np.arange(n), 0)
     return np.maximum.accumulate(starts).astype(np.int64)
+
+
+def log_returns(series: Series) -> npt.NDArray[np.float64]:
+    """1-bar log returns, 0 on the first bar of each gap-free run."""
+    r = np.zeros(len(series))
+    if len(series) > 1:
+        r[1:] = np.log(series.close[1:] / series.close[:-1])
+        r[1:][np.diff(series.open_time_ms) != series.interval_ms] = 0.0
+    return r
 
 
 def valid_origins(

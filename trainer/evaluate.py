@@ -37,7 +37,7 @@ from streamer.core import scoring
 from streamer.core.contracts import model as contract
 from streamer.core.timefmt import iso_seconds
 from streamer.core.types import MINUTE_MS
-from trainer.dataset import Series, Split, future_closes, valid_origins, windows
+from trainer.dataset import Series, Split, future_closes, log_returns, valid_origins, windows
 from trainer.har import HarBand
 from trainer.registry import common_levels, pinball_at
 
@@ -122,15 +122,6 @@ class OnnxForecaster:
 
 
 # --- baselines -------------------------------------------------------------------------------
-
-
-def log_returns(series: Series) -> npt.NDArray[np.float64]:
-    """1-bar log returns, 0 on the first bar of each gap-free run."""
-    r = np.zeros(len(series))
-    if len(series) > 1:
-        r[1:] = np.log(series.close[1:] / series.close[:-1])
-        r[1:][np.diff(series.open_time_ms) != series.interval_ms] = 0.0
-    return r
 
 
 def ewma_sigma(series: Series, window: int, lam: float = EWMA_LAMBDA) -> npt.NDArray[np.float64]:

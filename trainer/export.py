@@ -23,7 +23,7 @@ import onnxruntime as ort
 import torch
 
 from streamer.core.contracts import model as contract
-from trainer.model import QuantileLSTM
+from trainer.model import ModelConfig, QuantileLSTM
 
 OPSET = 17
 PARITY_BATCHES = (1, 7, 1000)
@@ -108,6 +108,27 @@ def attach_metadata(model_bytes: bytes, spec: contract.ModelSpec) -> bytes:
     proto.producer_name = "tickcast-trainer"
     proto.doc_string = f"tickcast quantile LSTM, contract {spec.contract} (see tickcast.* metadata)"
     return bytes(proto.SerializeToString())
+
+
+def model_spec(
+    config: ModelConfig,
+    version: str,
+    trained: dict[str, Any],
+    metrics: dict[str, Any],
+    interval_s: int = contract.INTERVAL_S,
+) -> contract.ModelSpec:
+    """The contract metadata of a model built from ``config``: its window, horizon, quantile
+    levels and contract, with what it was trained on and how it scored."""
+    return contract.ModelSpec(
+        window=config.window,
+        horizon=config.horizon,
+        interval_s=interval_s,
+        quantiles=config.quantiles,
+        version=version,
+        trained=trained,
+        metrics=metrics,
+        contract=config.contract,
+    )
 
 
 def make_version(model_bytes: bytes, now: datetime | None = None) -> str:

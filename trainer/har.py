@@ -52,7 +52,7 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from trainer.dataset import Series, Split, iso_ms, run_starts
+from trainer.dataset import Series, Split, iso_ms, log_returns, run_starts
 
 CASCADE = (1, 5, 15, 60, 240)  # minutes of the realised-variance cascade (Corsi 2009)
 HOUR_MS = 3_600_000
@@ -85,27 +85,11 @@ class Seasonality:
 FLAT = Seasonality(np.ones(60), np.ones(WEEK_HOURS))
 
 
-def log_returns(series: Series) -> npt.NDArray[np.float64]:
-    """1-bar log returns, 0 on the first bar of each gap-free run (as the EWMA band's)."""
-    r = np.zeros(len(series))
-    if len(series) > 1:
-        r[1:] = np.log(series.close[1:] / series.close[:-1])
-        r[1:][np.diff(series.open_time_ms) != series.interval_ms] = 0.0
-    return r
-
-
 def within(series: Series, split: Split) -> Series:
     """The bars of ``series`` inside ``split``: all a fit may see (its first bar has no
     return, so nothing before the range leaks in through a return either)."""
     keep = (series.open_time_ms >= split.start_ms) & (series.open_time_ms < split.end_ms)
-    return Series(
-        series.exchange,
-        series.symbol,
-        series.interval_ms,
-        series.open_time_ms[keep],
-        series.bars[keep],
-        series.close[keep],
-    )
+    return series.rows(keep)
 
 
 def _has_return(series: Series) -> npt.NDArray[np.bool_]:

@@ -46,7 +46,7 @@ from trainer.dataset import (
     windows,
 )
 from trainer.evaluate import OnnxForecaster, evaluate, metrics_summary, plot_all, write_report
-from trainer.export import attach_metadata, check_parity, export_onnx, make_version
+from trainer.export import attach_metadata, check_parity, export_onnx, make_version, model_spec
 from trainer.model import ModelConfig, contract_defaults
 from trainer.registry import (
     DEFAULT_KEEP,
@@ -405,16 +405,7 @@ def run_training(
     log(f"parity: {json.dumps(parity['batches'])}")
     version = make_version(raw)
     trained = trained_metadata(series, splits, pools, cfg, result)
-    spec = contract.ModelSpec(
-        window=w,
-        horizon=h,
-        interval_s=cfg.data.interval_ms // 1000,
-        quantiles=cfg.model.quantiles,
-        version=version,
-        trained=trained,
-        metrics={},
-        contract=cfg.model.contract,
-    )
+    spec = model_spec(cfg.model, version, trained, {}, cfg.data.interval_ms // 1000)
     servable = spec.interval_s == contract.INTERVAL_S
     scored = OnnxForecaster(attach_metadata(raw, spec), interval_s=spec.interval_s)
     models: dict[str, Any] = {"model": scored}
@@ -430,17 +421,9 @@ def run_training(
         "parity": parity["batches"],
         "best_val_pinball_bps": result.best_val_loss,
     }
-    final_spec = contract.ModelSpec(
-        window=w,
-        horizon=h,
-        interval_s=spec.interval_s,
-        quantiles=spec.quantiles,
-        version=version,
-        trained=trained,
-        metrics=metrics,
-        contract=cfg.model.contract,
+    model_bytes = attach_metadata(
+        raw, model_spec(cfg.model, version, trained, metrics, spec.interval_s)
     )
-    model_bytes = attach_metadata(raw, final_spec)
     decision = None
     if registry is not None:
         figures = gate_figures(report, "model", "current" if "current" in models else None)

@@ -117,6 +117,18 @@ def _checked_version(manifest: dict[str, Any]) -> str:
     return version
 
 
+def _to_publish(model_bytes: bytes, manifest: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """The version and a copy of ``manifest`` to publish, once readers would accept both."""
+    version = _checked_version(manifest)
+    manifest = dict(manifest)
+    verify(model_bytes, manifest)
+    return version, manifest
+
+
+def _newest_first(manifests: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return sorted(manifests, key=lambda m: (_created_ms(m), m["version"]), reverse=True)
+
+
 # --- the promotion gate ----------------------------------------------------------------------
 
 
@@ -334,6 +346,14 @@ def _promoted(manifest: dict[str, Any], actor: str) -> dict[str, Any]:
     return manifest
 
 
+def _published(manifest: dict[str, Any], parent: str | None, promote: bool, actor: str) -> None:
+    """``manifest`` marked published now on top of ``parent``, and promoted if asked."""
+    manifest["parent_version"] = parent
+    _event(manifest, "published", actor)
+    if promote:
+        _promoted(manifest, actor)
+
+
 def _rolled_back(registry: Registry, actor: str) -> tuple[dict[str, Any], dict[str, Any]]:
     """The current version's manifest marked rolled back and the one before it restored, for
     either registry to save and switch to."""
@@ -361,8 +381,7 @@ def _rollback_target(manifests: list[dict[str, Any]], current: str) -> dict[str,
 def _to_prune(manifests: list[dict[str, Any]], current: str | None, keep: int) -> list[str]:
     if keep < 1:
         raise RegistryError(f"keep={keep}: at least one version must be kept")
-    ordered = sorted(manifests, key=lambda m: (_created_ms(m), m["version"]), reverse=True)
-    return [m["version"] for m in ordered[keep:] if m["version"] != current]
+    return [m["version"] for m in _newest_first(manifests)[keep:] if m["version"] != current]
 
 
 # --- directory backend -----------------------------------------------------------------------
@@ -412,7 +431,7 @@ class DirectoryRegistry:
             return []
         names = [p.name for p in self.versions.iterdir() if p.is_dir()]
         out = [self.manifest(name) for name in names if contract.is_valid_version(name)]
-        return sorted(out, key=lambda m: (_created_ms(m), m["version"]), reverse=True)
+        return _newest_first(out)
 
     def _set_current(self, version: str) -> None:
         atomic_write_bytes(self.root / contract.CURRENT_FILE, contract.encode_current(version))
@@ -424,18 +443,11 @@ class DirectoryRegistry:
     def publish(
         self, model_bytes: bytes, manifest: dict[str, Any], promote: bool, actor: str = "gate"
     ) -> str:
-        version = _checked_version(manifest)
-        manifest = dict(manifest)
-        verify(model_bytes, manifest)
+        version, manifest = _to_publish(model_bytes, manifest)
         with self._locked():
             if self._version_dir(version).exists():
                 raise RegistryError(f"version {version} already exists in {self.root}")
-            manifest["parent_version"] = self.current_version()
-            _event(manifest, "published", actor)
-            if promote:
-                manifest["status"] = STATUS_PROMOTED
-                manifest["promoted_at"] = iso_now_micros()
-                _event(manifest, "promoted", actor)
+            _published(manifest, self.current_version(), promote, actor)
             staging = self.root / ".staging" / f"{version}.{os.getpid()}"
             staging.mkdir(parents=True)
             for name, data in (
@@ -532,16 +544,14 @@ class RedisRegistry:
         out = [
             _decode_manifest(r, k) for k, r in zip(keys, raws, strict=True) if isinstance(r, bytes)
         ]
-        return sorted(out, key=lambda m: (_created_ms(m), m["version"]), reverse=True)
+        return _newest_first(out)
 
     def publish(
         self, model_bytes: bytes, manifest: dict[str, Any], promote: bool, actor: str = "gate"
     ) -> str:
         import redis
 
-        version = _checked_version(manifest)
-        manifest = dict(manifest)
-        verify(model_bytes, manifest)
+        version, manifest = _to_publish(model_bytes, manifest)
         manifest_key = self.keys.manifest(version)
         with self.client.pipeline(transaction=True) as pipe:
             try:
@@ -550,12 +560,7 @@ class RedisRegistry:
                     raise RegistryError(f"version {version} already exists in {self.url}")
                 raw = pipe.get(self.keys.current)
                 previous = raw.decode() if isinstance(raw, bytes) else None
-                manifest["parent_version"] = previous
-                _event(manifest, "published", actor)
-                if promote:
-                    manifest["status"] = STATUS_PROMOTED
-                    manifest["promoted_at"] = iso_now_micros()
-                    _event(manifest, "promoted", actor)
+                _published(manifest, previous, promote, actor)
                 pipe.multi()
                 pipe.set(self.keys.onnx(version), model_bytes)
                 pipe.set(manifest_key, contract.encode_manifest(manifest))

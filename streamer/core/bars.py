@@ -102,6 +102,8 @@ class _Minute:
     ids: set[TradeId]
 
     def __init__(self, open_time_ms: int, trade: Trade) -> None:
+        """Prices and times from ``trade``, which ``BarAggregator.add`` then folds in (its
+        quantity and id), as it folds every trade: one copy of the fold, on the hot path."""
         price = trade.price
         self.open_time_ms = open_time_ms
         self.end_ms = open_time_ms + MINUTE_MS
@@ -109,28 +111,8 @@ class _Minute:
         self.open_ts = self.close_ts = trade.ts_ms
         self.open_id = self.close_id = trade.trade_id
         # quantities are kept (not summed) so that the closed volume is an exact fsum
-        self.qtys = [trade.qty]
-        self.ids = {trade.trade_id}
-
-    def add(self, trade: Trade) -> None:
-        """Fold in a trade that is not a duplicate (the slow path; ``add`` inlines this)."""
-        ts = trade.ts_ms
-        tid = trade.trade_id
-        price = trade.price
-        self.ids.add(tid)
-        self.qtys.append(trade.qty)
-        if price > self.high:
-            self.high = price
-        elif price < self.low:
-            self.low = price
-        if ts > self.close_ts or (ts == self.close_ts and tid > self.close_id):
-            self.close = price
-            self.close_ts = ts
-            self.close_id = tid
-        elif ts < self.open_ts or (ts == self.open_ts and tid < self.open_id):
-            self.open = price
-            self.open_ts = ts
-            self.open_id = tid
+        self.qtys: list[float] = []
+        self.ids = set()
 
 
 class _Symbol:
@@ -249,35 +231,40 @@ class BarAggregator:
     def add(self, trade: Trade) -> list[Bar]:
         """Aggregate one trade; returns the bars its timestamp closed (usually none)."""
         ts = trade.ts_ms
+        tid = trade.trade_id
         st = self._symbols.get(trade.symbol)
         if st is not None and st.fast_start_ms <= ts < st.fast_end_ms:
             # hot path: the symbol's newest and only open minute, allocation-free
             mb: _Minute = st.cur  # type: ignore[assignment]  # set while the window is open
-            tid = trade.trade_id
             ids = mb.ids
             if tid in ids:
                 return self._reject(AddOutcome.DUPLICATE, trade)
-            ids.add(tid)
-            mb.qtys.append(trade.qty)
-            price = trade.price
-            if price > mb.high:
-                mb.high = price
-            elif price < mb.low:
-                mb.low = price
-            if ts > mb.close_ts or (ts == mb.close_ts and tid > mb.close_id):
-                mb.close = price
-                mb.close_ts = ts
-                mb.close_id = tid
-            elif ts < mb.open_ts or (ts == mb.open_ts and tid < mb.open_id):
-                mb.open = price
-                mb.open_ts = ts
-                mb.open_id = tid
-            if ts > self._watermark_ms:
-                self._watermark_ms = ts
-                if ts >= self._next_close_at_ms:
-                    return self._close_through(ts)
-            return []
-        return self._add_slow(trade, st)
+        else:
+            target = self._minute_for(trade, st)
+            if target is None:
+                return []
+            mb, ids = target, target.ids
+        # fold the trade into its minute
+        ids.add(tid)
+        mb.qtys.append(trade.qty)
+        price = trade.price
+        if price > mb.high:
+            mb.high = price
+        elif price < mb.low:
+            mb.low = price
+        if ts > mb.close_ts or (ts == mb.close_ts and tid > mb.close_id):
+            mb.close = price
+            mb.close_ts = ts
+            mb.close_id = tid
+        elif ts < mb.open_ts or (ts == mb.open_ts and tid < mb.open_id):
+            mb.open = price
+            mb.open_ts = ts
+            mb.open_id = tid
+        if ts > self._watermark_ms:
+            self._watermark_ms = ts
+            if ts >= self._next_close_at_ms:
+                return self._close_through(ts)
+        return []
 
     def _reject(self, outcome: AddOutcome, trade: Trade) -> list[Bar]:
         if outcome is AddOutcome.DUPLICATE:
@@ -318,11 +305,13 @@ class BarAggregator:
             symbols |= self._suspects.pop(minute)
         return min(closed), max(closed), frozenset(symbols)
 
-    def _add_slow(self, trade: Trade, st: _Symbol | None) -> list[Bar]:
-        """Every case but the hot one: new symbol or minute, out of order, rejections."""
+    def _minute_for(self, trade: Trade, st: _Symbol | None) -> _Minute | None:
+        """Every case but the hot one (new symbol or minute, out of order, rejections): the
+        open minute that ``trade`` is to be folded into, new if need be; None if rejected."""
         ts = trade.ts_ms
         if ts > self._future_limit_ms and not self._clock_caught_up(ts):
-            return self._reject(AddOutcome.FUTURE, trade)
+            self._reject(AddOutcome.FUTURE, trade)
+            return None
         minute = ts - ts % MINUTE_MS
         tid = trade.trade_id
         closed_before = self._closed_before_ms
@@ -330,29 +319,26 @@ class BarAggregator:
             closed_before = st.closed_before_ms  # seeded ahead of the feed
         if minute < closed_before:
             if st is not None and any(tid in ids for ids in st.recent_ids):
-                return self._reject(AddOutcome.DUPLICATE, trade)
-            return self._reject(AddOutcome.LATE, trade)
+                self._reject(AddOutcome.DUPLICATE, trade)
+            else:
+                self._reject(AddOutcome.LATE, trade)
+            return None
         if st is None:
             st = _Symbol(trade.symbol, self._closed_before_ms)
             self._symbols[trade.symbol] = st
         for open_minute in st.open.values():
             if tid in open_minute.ids:
-                return self._reject(AddOutcome.DUPLICATE, trade)
+                self._reject(AddOutcome.DUPLICATE, trade)
+                return None
         mb = st.open.get(minute)
         if mb is None:
             mb = _Minute(minute, trade)
             st.open[minute] = mb
             if st.cur is None or minute > st.cur.open_time_ms:
                 st.cur = mb
-        else:
-            mb.add(trade)
         st.has_trades = True
         self._set_fast_window(st)
-        if ts > self._watermark_ms:
-            self._watermark_ms = ts
-            if ts >= self._next_close_at_ms:
-                return self._close_through(ts)
-        return []
+        return mb
 
     def _clock_caught_up(self, ts: int) -> bool:
         """Read the injected clock afresh: is ``ts`` within tolerance of it after all?"""

@@ -34,7 +34,7 @@ import numpy as np
 import numpy.typing as npt
 
 from streamer.core import scoring
-from streamer.core.calibration import Realised
+from streamer.core.calibration import Realised, checked_horizons_and_levels
 from streamer.core.types import MINUTE_MS, Bar, Forecast
 
 DAY_MS = 86_400_000
@@ -141,14 +141,9 @@ class OnlineEvaluator:
         bucket_ms: int | None = None,
         max_pending_per_symbol: int | None = None,
     ) -> None:
-        if not horizons or any(h < 1 for h in horizons) or len(set(horizons)) != len(horizons):
-            raise ValueError(f"horizons must be distinct minutes >= 1, got {list(horizons)}")
-        levels = tuple(float(q) for q in quantile_levels)
-        if 0.5 not in levels or any(not 0.0 < q < 1.0 for q in levels):
-            raise ValueError(f"quantile levels must lie in (0, 1) and include 0.5, got {levels}")
+        self.horizons, levels = checked_horizons_and_levels(horizons, quantile_levels)
         if window_ms < MINUTE_MS:
             raise ValueError(f"window_ms must be at least a minute, got {window_ms}")
-        self.horizons = tuple(sorted(horizons))
         self.quantile_levels = tuple(sorted(set(levels)))
         self.window_ms = window_ms
         self.bucket_ms = bucket_ms or max(MINUTE_MS, window_ms // 24)

@@ -95,17 +95,10 @@ def build_forecasts(
 
 
 def build_calibrated(
-    keys: Sequence[Key],
-    last_times_ms: Sequence[int],
-    last_closes: Sequence[float],
-    output: npt.NDArray[np.float32],
-    spec: ModelSpec,
-    model: ModelIdentity,
-    issued_at_ms: int,
-    calibrator: OnlineCalibrator,
-    *,
-    publish_calibrated: bool,
-) -> Built:
+    keys: Sequence[Key], last_times_ms: Sequence[int], last_closes: Sequence[float],
+    output: npt.NDArray[np.float32], spec: ModelSpec, model: ModelIdentity, issued_at_ms: int,
+    calibrator: OnlineCalibrator, *, publish_calibrated: bool,
+) -> Built:  # fmt: skip
     """``build_forecasts`` with every good row calibrated by ``calibrator`` (which keeps the
     band it made for when the forecast is realised). The calibrated band is published only with
     ``publish_calibrated``; otherwise it is still computed, so that the raw and the calibrated

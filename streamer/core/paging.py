@@ -56,10 +56,9 @@ class Pager(Protocol[PageT]):
 
 
 class TradeHistory(Protocol):
-    """A venue that serves its past trades over REST, and how far back its bars reach."""
+    """A venue that serves its past trades over REST."""
 
     name: str
-    bars_depth_minutes: int
 
     def trades_request(self, symbol: str, since_ns: int) -> RestRequest: ...
 
@@ -85,7 +84,7 @@ class RestPager:
         self.pages = 0
         self._bars: dict[int, Bar] = {}
         self._page_span_ms = exchange.max_bars_per_request * MINUTE_MS
-        self._fill_quiet = bool(getattr(exchange, "omits_quiet_minutes", False))
+        self._fill_quiet = exchange.rules.omits_quiet_minutes
         self.done = self.cursor >= end_ms
 
     def next_request(self) -> RestRequest | None:
@@ -214,7 +213,7 @@ def choose_pager(
 ) -> Pager[Any]:
     """``TradePager`` when ``start_ms`` lies beyond the venue's bar depth from ``now_ms`` (less
     ``DEPTH_MARGIN_MINUTES``) and the venue serves its trades; else ``RestPager``."""
-    depth = getattr(exchange, "bars_depth_minutes", None)
+    depth = exchange.rules.bars_depth_minutes
     if depth is not None and hasattr(exchange, "trades_request"):
         reach_ms = floor_minute(now_ms) - (depth - DEPTH_MARGIN_MINUTES) * MINUTE_MS
         if floor_minute(start_ms) < reach_ms:
@@ -242,13 +241,13 @@ def read_page(
 
 
 def quiet_lead_in(
-    exchange: object, bars: list[Bar], start_ms: int, end_ms: int, before: Bar | None
+    exchange: Exchange, bars: list[Bar], start_ms: int, end_ms: int, before: Bar | None
 ) -> list[Bar]:
     """``bars`` of ``[start_ms, end_ms)`` with, on a venue that leaves quiet minutes out
     (``omits_quiet_minutes``), the minutes before the first of them (all of them, when REST
     had none) as flat bars at ``before``'s close: the pager can only carry on a close it has
     seen, and these minutes would otherwise stay incomplete."""
-    if not getattr(exchange, "omits_quiet_minutes", False) or before is None:
+    if not exchange.rules.omits_quiet_minutes or before is None:
         return bars
     first = bars[0].open_time_ms if bars else end_ms
     minutes = range(floor_minute(start_ms), first, MINUTE_MS)

@@ -65,7 +65,7 @@ class RestBackfill:
         self._policy = page_retry_policy(max_attempts)
         self._lock = asyncio.Lock()  # one request at a time per exchange keeps spacing exact
         self._next_request_at = 0.0  # monotonic
-        self.limits = HostLimits(getattr(exchange, "rest_weight", None))
+        self.limits = HostLimits(exchange.rules.rest_weight)
         self.requests = 0
 
     def _gauge_weight(self) -> None:

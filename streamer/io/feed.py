@@ -50,7 +50,7 @@ KEEPALIVE_MESSAGES_PER_S = 2
 
 def subscribe_spacing_s(exchange: Exchange) -> float:
     """The pause between two subscribe messages on one connection."""
-    limit: int | None = getattr(exchange, "max_client_messages_per_s", None)
+    limit = exchange.rules.max_client_messages_per_s
     if limit is None:
         return SUBSCRIBE_SPACING_S
     return 1.0 / max(limit - KEEPALIVE_MESSAGES_PER_S, 1)
@@ -187,9 +187,7 @@ class Feed:
             gap_start_ms,
         )
         self._live: set[_Connection] = set()
-        self._continuity = (
-            TradeIdContinuity() if getattr(exchange, "sequential_trade_ids", False) else None
-        )
+        self._continuity = TradeIdContinuity() if exchange.rules.sequential_trade_ids else None
         self._next_connect_at = 0.0
         self._connect_lock = asyncio.Lock()
         self._logged_reasons: set[str] = set()
@@ -494,10 +492,10 @@ class Feed:
         """Send the venue's application-level ping (OKX ``ping``, Bybit ``{"op":"ping"}``) at
         its interval: those venues drop a connection that stays quiet, whatever WebSocket
         pings it gets."""
-        message: str | None = getattr(self.exchange, "keepalive_message", None)
+        message = self.exchange.rules.keepalive_message
         if message is None:
             return
-        interval: float = getattr(self.exchange, "keepalive_interval_s", 20.0)
+        interval = self.exchange.rules.keepalive_interval_s
         with contextlib.suppress(ConnectionClosed):
             while True:
                 await asyncio.sleep(interval)

@@ -1,7 +1,7 @@
-"""Forecast sinks: MQTT for the service, plain lines for scripts and logs.
+"""Forecast sinks: MQTT for the service, lines for scripts and logs, a list for benches and tests.
 
-Both take ``Forecast`` values and skill figures from the forecaster; the payload format is the
-one of docs/contracts.md (``streamer.core.contracts.mqtt``) for both.
+Each takes ``Forecast`` values and skill figures from the forecaster; the MQTT and line sinks
+write the payload of docs/contracts.md (``streamer.core.contracts.mqtt``).
 """
 
 from __future__ import annotations
@@ -60,8 +60,34 @@ class MqttSink:
         await self.publisher.wait_sent(SENT_WAIT_S)
 
 
-class LineSink:
-    """One JSON line per forecast (the DESIGN 3.2 payload), for runs without a terminal."""
+class DiscardSink:
+    """No destination configured: forecasts are still made and scored, just not sent. Also the
+    base of the sinks that take forecasts only: skill figures dropped, nothing to wait for."""
+
+    def publish_forecast(self, forecast: Forecast, closed_at: float) -> None:
+        return None
+
+    def publish_skill(
+        self, exchange: str, symbol: str, figures: dict[int, dict[str, float]]
+    ) -> None:
+        return None
+
+    async def wait_sent(self) -> None:
+        return None
+
+
+class CollectingSink(DiscardSink):
+    """Every forecast kept in order, for scripts and tests that read what a streamer made."""
+
+    def __init__(self) -> None:
+        self.forecasts: list[Forecast] = []
+
+    def publish_forecast(self, forecast: Forecast, closed_at: float) -> None:
+        self.forecasts.append(forecast)
+
+
+class LineSink(DiscardSink):
+    """One JSON line per forecast (the MQTT payload), for runs without a terminal."""
 
     def __init__(
         self, out: TextIO | None = None, observe_latency: LatencyObserver | None = None
@@ -74,14 +100,6 @@ class LineSink:
         self.out.flush()
         if self._observe is not None:
             self._observe(time.monotonic() - closed_at)
-
-    def publish_skill(
-        self, exchange: str, symbol: str, figures: dict[int, dict[str, float]]
-    ) -> None:
-        return None
-
-    async def wait_sent(self) -> None:
-        return None
 
 
 class FanOutSink:
@@ -103,18 +121,3 @@ class FanOutSink:
     async def wait_sent(self) -> None:
         for sink in self.sinks:
             await sink.wait_sent()
-
-
-class DiscardSink:
-    """No destination configured: forecasts are still made and scored, just not sent."""
-
-    def publish_forecast(self, forecast: Forecast, closed_at: float) -> None:
-        return None
-
-    def publish_skill(
-        self, exchange: str, symbol: str, figures: dict[int, dict[str, float]]
-    ) -> None:
-        return None
-
-    async def wait_sent(self) -> None:
-        return None

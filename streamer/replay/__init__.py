@@ -1,6 +1,7 @@
 """The replay exchange: recorded real market data served over a venue's protocol (Binance spot,
 Coinbase Exchange, Kraken spot v2, OKX, Bybit v5 spot, Bitstamp; one venue per server), enforcing
-what the venue enforces (message rates, connection age, request weight, keepalives).
+what the venue enforces (message rates, connection age, request weight, request and connection
+rates, keepalives).
 
 Tests, the demo and the benchmarks run the streamer against it instead of a real exchange.
 """

@@ -26,14 +26,9 @@ from urllib.parse import parse_qs
 
 from streamer.core.types import MINUTE_MS
 from streamer.replay.data import Kline, TradeRow
-from streamer.replay.dialect import (
-    Channels,
-    ControlOutcome,
-    Opening,
-    RestReply,
-    RestRequest,
-    RestRoute,
-)
+from streamer.replay.dialect import Channels, ControlOutcome, DialectBase, Opening, dumps
+from streamer.replay.limits import VenueRules
+from streamer.replay.routes import RestReply, RestRequest, RestRoute
 
 RAW = 0  # framings: bare events (/ws), or wrapped with their stream name (/stream)
 COMBINED = 1
@@ -77,16 +72,12 @@ def kline_json(symbol: str, k: Kline) -> str:
     )
 
 
-def _dumps(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":"))
-
-
 def _error(request_id: Any, code: int, msg: str) -> ControlOutcome:
-    return ControlOutcome([_dumps({"error": {"code": code, "msg": msg}, "id": request_id})])
+    return ControlOutcome([dumps({"error": {"code": code, "msg": msg}, "id": request_id})])
 
 
 def _result(request_id: Any, result: Any = None, **changes: Any) -> ControlOutcome:
-    return ControlOutcome([_dumps({"result": result, "id": request_id})], **changes)
+    return ControlOutcome([dumps({"result": result, "id": request_id})], **changes)
 
 
 class _RestError(Exception):
@@ -138,9 +129,8 @@ def _klines(params: dict[str, str], request: RestRequest) -> list[list[int | str
 def rest_klines(request: RestRequest) -> RestReply:
     """``GET /api/v3/klines``: startTime given, the oldest ``limit`` from it; otherwise the
     newest ``limit`` up to endTime (inclusive), oldest first."""
-    params = {k: v[-1] for k, v in parse_qs(request.query, keep_blank_values=True).items()}
     try:
-        return RestReply(200, _klines(params, request))
+        return RestReply(200, _klines(request.params, request))
     except _RestError as exc:
         return RestReply(400, {"code": exc.code, "msg": exc.msg})
 
@@ -159,28 +149,20 @@ _THROTTLED = {
 }
 
 
-class BinanceDialect:
+class BinanceDialect(DialectBase):
     """Binance spot, as ``stream.binance.com:9443`` and ``api.binance.com`` serve it."""
 
-    # messages a client may send per second and connection, pings and pongs included; more and
-    # the connection is closed with 1008
-    max_client_messages_per_s = 5
-    # a connection is cut at 24 h
-    max_connection_age_s = 86_400.0
-    # the request weight of each REST path, its limit per minute and IP, and the header that
-    # reports what was used
-    request_weights: Mapping[str, int] = {
-        "/api/v3/ping": 1,
-        "/api/v3/time": 1,
-        "/api/v3/klines": 2,
-    }
-    weight_limit_per_minute = 6000
-    weight_header = "X-MBX-USED-WEIGHT-1M"
+    rules = VenueRules(
+        max_client_messages_per_s=5,
+        max_connection_age_s=86_400.0,
+        request_weights={"/api/v3/ping": 1, "/api/v3/time": 1, "/api/v3/klines": 2},
+        weight_limit_per_minute=6000,
+        weight_header="X-MBX-USED-WEIGHT-1M",
+    )
 
-    @staticmethod
-    def shutdown_notice(now_ms: int) -> str:
+    def shutdown_notice(self, now_ms: int) -> str:
         """Sent before the server goes away: clients should reconnect at once."""
-        return _dumps({"e": "serverShutdown", "E": now_ms})
+        return dumps({"e": "serverShutdown", "E": now_ms})
 
     rest_routes: Mapping[str, RestRoute] = {
         "/api/v3/ping": RestRoute(rest_ping),
@@ -199,13 +181,9 @@ class BinanceDialect:
         """(RAW, COMBINED)."""
         return event, f'{{"stream":"{stream}","data":{event}}}'
 
-    def malformed(self, event: str, variant: int) -> str:
-        """0 invalid JSON, 1 wrong types, 2 NaN price. Ids stay the real event's, so a client
-        that remembers an id before validating loses the good frame."""
-        if variant == 0:
-            return event[: len(event) // 2]
-        parsed: dict[str, Any] = json.loads(event)
-        body: dict[str, Any] = parsed["k"] if parsed.get("e") == "kline" else parsed
+    def spoil(self, event: dict[str, Any], variant: int) -> None:
+        """1 wrong types, 2 NaN price."""
+        body: dict[str, Any] = event["k"] if event.get("e") == "kline" else event
         if variant == 1:
             for key in ("t", "a", "T", "E"):
                 if key in body:
@@ -214,7 +192,6 @@ class BinanceDialect:
             body["q" if "q" in body else "v"] = None
         else:
             body["p" if "p" in body else "c"] = "NaN"
-        return _dumps(parsed)
 
     def open(self, path: str, query: str) -> Opening | None:
         if path in ("/stream", "/stream/"):

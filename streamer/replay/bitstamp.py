@@ -40,19 +40,13 @@ import json
 from collections.abc import Iterable, Mapping, Set
 from decimal import Decimal
 from typing import Any
-from urllib.parse import parse_qs
 
 from streamer.core.types import MINUTE_MS
 from streamer.replay.data import TradeRow
-from streamer.replay.dialect import (
-    Channels,
-    ControlOutcome,
-    Opening,
-    RestReply,
-    RestRequest,
-    RestRoute,
-)
+from streamer.replay.dialect import Channels, ControlOutcome, DialectBase, dumps, spoil_trade
+from streamer.replay.limits import VenueRules
 from streamer.replay.minutes import Minute, minutes
+from streamer.replay.routes import Refused, RestReply, RestRequest, RestRoute, int_param
 
 LIVE_TRADES = "live_trades_"
 OHLC_MAX = 1000
@@ -94,12 +88,8 @@ def trade_json(symbol: str, t: TradeRow) -> str:
     )
 
 
-def _dumps(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":"))
-
-
 def _event(event: str, channel: str, data: Any) -> str:
-    return _dumps({"event": event, "channel": channel, "data": data})
+    return dumps({"event": event, "channel": channel, "data": data})
 
 
 def _error(message: str) -> ControlOutcome:
@@ -117,24 +107,15 @@ def ohlc_row(minute: Minute) -> dict[str, str]:
     }
 
 
-class _Refused(Exception):
-    pass
-
-
 def _int_param(params: dict[str, str], name: str) -> int | None:
-    text = params.get(name, "")
-    if text == "":
-        return None
-    if not text.isdigit():
-        raise _Refused(f"Invalid {name} parameter.")
-    return int(text)
+    return int_param(params, name, "Invalid {name} parameter.")
 
 
-class BitstampDialect:
+class BitstampDialect(DialectBase):
     """Bitstamp, as ``ws.bitstamp.net`` and ``www.bitstamp.net`` serve it, for ``symbols``
     (the replayed symbols, e.g. ``BTCUSD``)."""
 
-    max_connection_age_s = 90 * 86_400.0
+    rules = VenueRules(max_connection_age_s=90 * 86_400.0)
 
     def __init__(self, symbols: Iterable[str]) -> None:
         self.channels_served = {channel(s): s for s in symbols}  # live_trades_btcusd -> BTCUSD
@@ -143,8 +124,7 @@ class BitstampDialect:
             "/api/v2/ohlc/{pair}/": RestRoute(self.rest_ohlc, throttled=True),
         }
 
-    @staticmethod
-    def shutdown_notice(now_ms: int) -> str:
+    def shutdown_notice(self, now_ms: int) -> str:
         """Sent before maintenance: the connection is dropped within seconds."""
         return _event("bts:request_reconnect", "", "")
 
@@ -153,25 +133,10 @@ class BitstampDialect:
     def channels(self, symbol: str) -> Channels:
         return Channels(trades=((channel(symbol), trade_json),), klines=())
 
-    def frames(self, stream: str, event: str) -> tuple[str, ...]:
-        return (event,)
-
-    def malformed(self, event: str, variant: int) -> str:
-        """0 invalid JSON, 1 wrong types (an id that is no number, a price object), 2 a
-        negative price; ids stay the real event's."""
-        if variant == 0:
-            return event[: len(event) // 2]
-        parsed: dict[str, Any] = json.loads(event)
-        trade = parsed["data"]
-        if variant == 1:
-            trade["id"] = "not-a-number"
-            trade["price_str"] = {"price": 1}
-        else:
-            trade["price_str"] = "-" + trade["price_str"]
-        return _dumps(parsed)
-
-    def open(self, path: str, query: str) -> Opening | None:
-        return Opening([], 0) if path in ("", "/") else None
+    def spoil(self, event: dict[str, Any], variant: int) -> None:
+        """1 wrong types (an id that is no number, a price object), 2 a negative price."""
+        wrong_types = {"id": "not-a-number", "price_str": {"price": 1}}
+        spoil_trade(event["data"], variant, wrong_types, "price_str")
 
     def control(self, message: str | bytes, streams: Set[str], framing: int) -> ControlOutcome:
         """``bts:subscribe``, ``bts:unsubscribe`` and ``bts:heartbeat``."""
@@ -200,21 +165,21 @@ class BitstampDialect:
 
     def rest_ohlc(self, request: RestRequest) -> RestReply:
         """``limit`` minutes up to ``end``, else from ``start``, else up to now, oldest first."""
-        params = {k: v[-1] for k, v in parse_qs(request.query, keep_blank_values=True).items()}
+        params = request.params
         symbol = self.pairs.get(request.path_params.get("pair", ""))
         if symbol is None:
             return RestReply(404, {"status": "error", "reason": "Invalid currency pair."})
         try:
             step = _int_param(params, "step")
             if step not in STEPS:
-                raise _Refused("Invalid step parameter.")
+                raise Refused("Invalid step parameter.")
             if step != 60:
-                raise _Refused("the replay exchange serves step=60 only")
+                raise Refused("the replay exchange serves step=60 only")
             limit = _int_param(params, "limit")
             if limit is None or not 1 <= limit <= OHLC_MAX:
-                raise _Refused("Invalid limit parameter.")
+                raise Refused("Invalid limit parameter.")
             start, end = _int_param(params, "start"), _int_param(params, "end")
-        except _Refused as exc:
+        except Refused as exc:
             return RestReply(400, {"status": "error", "reason": str(exc)})
         now = request.now_ms
         current = now - now % MINUTE_MS

@@ -9,7 +9,9 @@
   A request with an unknown topic or symbol, or more than 10 args, subscribes nothing and is
   answered ``{"success":false,"ret_msg":"Invalid symbol :[publicTrade.BTCXYZ]",...}``. The
   keepalive ``{"op":"ping"}`` is answered ``{"success":true,"ret_msg":"pong","conn_id":"...",
-  "op":"ping"}``. ``conn_id`` is one per replay server here. Each trade is one push, in the
+  "op":"ping"}``; Bybit asks for one every 20 s and closes a connection whose client sent
+  nothing for 10 minutes (``client_idle_timeout_s``, which the server enforces). ``conn_id``
+  is one per replay server here. Each trade is one push, in the
   documented shape (``tests/fixtures/ws/bybit_v5_doc.jsonl``; no v5 recording exists)::
 
     {"topic":"publicTrade.BTCUSDT","type":"snapshot","ts":1672304486868,"data":[{
@@ -26,7 +28,11 @@
   ``[start, end]`` (both inclusive; without ``end``, up to now). A range that reaches the
   minute still running gets it as far as it has traded, unfinished and unmarked; minutes
   without trades are flat rows with volume 0. Errors are HTTP 200 with ``retCode`` set
-  (``10001``).
+  (``10001``). Per IP, at most 600 requests within any 5 s: the one over it, and every request
+  for the 10 minutes after, is answered HTTP 403 ``access too frequent`` (the body is the
+  replay's: Bybit documents only the status and the message).
+* Connections: at most 500 within any 5 minutes per IP; more are answered HTTP 429 at the
+  handshake (Bybit documents the limit, not the answer).
 
 Symbols: Bybit's ``BTCUSDT`` is the replayed symbol as it is.
 """
@@ -35,21 +41,14 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Mapping, Set
-from decimal import Decimal
 from typing import Any
-from urllib.parse import parse_qs
 
 from streamer.core.types import MINUTE_MS
 from streamer.replay.data import TradeRow
-from streamer.replay.dialect import (
-    Channels,
-    ControlOutcome,
-    Opening,
-    RestReply,
-    RestRequest,
-    RestRoute,
-)
-from streamer.replay.minutes import Minute, minutes
+from streamer.replay.dialect import Channels, ControlOutcome, DialectBase, dumps, spoil_trade
+from streamer.replay.limits import RequestLimit, VenueRules
+from streamer.replay.minutes import Minute, minutes, plain
+from streamer.replay.routes import Refused, RestReply, RestRequest, RestRoute, int_param
 
 PUBLIC_TRADE = "publicTrade"
 WS_PATH = "/v5/public/spot"
@@ -58,6 +57,7 @@ KLINE_DEFAULT = 200
 KLINE_MAX = 1000
 INTERVALS = frozenset({"1", "3", "5", "15", "30", "60", "120", "240", "360", "720"} | set("DWM"))
 CONN_ID = "7a5e0a3c-3f6c-4b6e-9d1b-000000000001"
+IDLE_TIMEOUT_S = 600.0  # a connection whose client sent nothing (no ping) for 10 minutes
 
 
 def topic(symbol: str) -> str:
@@ -74,43 +74,25 @@ def trade_json(symbol: str, t: TradeRow) -> str:
     )
 
 
-def _dumps(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":"))
-
-
-def _text(value: Decimal) -> str:
-    return format(value.normalize(), "f") if value else "0"
-
-
 def kline_row(minute: Minute) -> list[str]:
     """``[start, open, high, low, close, volume, turnover]``."""
-    return [
-        str(minute.open_time_ms),
-        minute.open,
-        minute.high,
-        minute.low,
-        minute.close,
-        _text(minute.volume),
-        _text(minute.quote_volume),
-    ]
-
-
-class _Refused(Exception):
-    pass
+    return [*minute.text_row(), plain(minute.quote_volume)]
 
 
 def _int_param(params: dict[str, str], name: str) -> int | None:
-    text = params.get(name, "")
-    if text == "":
-        return None
-    if not text.isdigit():
-        raise _Refused(f"Invalid parameter: {name}")
-    return int(text)
+    return int_param(params, name, "Invalid parameter: {name}")
 
 
-class BybitDialect:
+class BybitDialect(DialectBase):
     """Bybit spot (v5), as ``stream.bybit.com/v5/public/spot`` and ``api.bybit.com`` serve
     it, for ``symbols`` (the replayed symbols, e.g. ``BTCUSDT``)."""
+
+    ws_path = WS_PATH
+    rules = VenueRules(
+        client_idle_timeout_s=IDLE_TIMEOUT_S,
+        request_limits=(RequestLimit(600, 5.0, status=403, ban_s=600.0),),
+        connection_limit=RequestLimit(500, 300.0),
+    )
 
     def __init__(self, symbols: Iterable[str]) -> None:
         self.symbols = frozenset(symbols)
@@ -125,25 +107,10 @@ class BybitDialect:
     def channels(self, symbol: str) -> Channels:
         return Channels(trades=((topic(symbol), trade_json),), klines=())
 
-    def frames(self, stream: str, event: str) -> tuple[str, ...]:
-        return (event,)
-
-    def malformed(self, event: str, variant: int) -> str:
-        """0 invalid JSON, 1 wrong types (a numeric id, a price object), 2 a negative price;
-        ids stay the real event's."""
-        if variant == 0:
-            return event[: len(event) // 2]
-        parsed: dict[str, Any] = json.loads(event)
-        trade = parsed["data"][0]
-        if variant == 1:
-            trade["i"] = int(trade["i"])
-            trade["p"] = {"p": 1}
-        else:
-            trade["p"] = "-" + trade["p"]
-        return _dumps(parsed)
-
-    def open(self, path: str, query: str) -> Opening | None:
-        return Opening([], 0) if path.rstrip("/") == WS_PATH else None
+    def spoil(self, event: dict[str, Any], variant: int) -> None:
+        """1 wrong types (a numeric id, a price object), 2 a negative price."""
+        trade = event["data"][0]
+        spoil_trade(trade, variant, {"i": int(trade["i"]), "p": {"p": 1}}, "p")
 
     def control(self, message: str | bytes, streams: Set[str], framing: int) -> ControlOutcome:
         """``ping``, ``subscribe`` and ``unsubscribe``, each request answered whole."""
@@ -180,7 +147,7 @@ class BybitDialect:
         if req_id is not None:
             body["req_id"] = req_id
         body["op"] = op
-        return _dumps(body)
+        return dumps(body)
 
     # REST
 
@@ -191,25 +158,25 @@ class BybitDialect:
 
     def rest_kline(self, request: RestRequest) -> RestReply:
         """The newest ``limit`` minutes opening in ``[start, end]``, newest first."""
-        params = {k: v[-1] for k, v in parse_qs(request.query, keep_blank_values=True).items()}
+        params = request.params
         now = request.now_ms
         symbol = params.get("symbol", "")
         try:
             if params.get("category") not in ("spot", "linear", "inverse"):
-                raise _Refused("Invalid category")
+                raise Refused("Invalid category")
             if params["category"] != "spot" or symbol not in self.symbols:
-                raise _Refused("Not supported symbols")
+                raise Refused("Not supported symbols")
             interval = params.get("interval", "")
             if interval not in INTERVALS:
-                raise _Refused("Invalid period!")
+                raise Refused("Invalid period!")
             if interval != "1":
-                raise _Refused("the replay exchange serves interval=1 only")
+                raise Refused("the replay exchange serves interval=1 only")
             start, end = _int_param(params, "start"), _int_param(params, "end")
             limit = _int_param(params, "limit")
             limit = KLINE_DEFAULT if limit is None else limit
             if not 1 <= limit <= KLINE_MAX:
-                raise _Refused("Invalid parameter: limit")
-        except _Refused as exc:
+                raise Refused("Invalid parameter: limit")
+        except Refused as exc:
             return self._reply(now, 10001, str(exc), {})
         current = now - now % MINUTE_MS
         high = current if end is None else min(current, end)
@@ -228,5 +195,7 @@ class BybitDialect:
         return RestReply(404, {"retCode": 404, "retMsg": "Not Found", "result": {}})
 
     def rest_throttled(self, status: int) -> RestReply:
+        if status == 403:  # the IP limit
+            return RestReply(status, {"retCode": 403, "retMsg": "access too frequent"})
         body = {"retCode": 10006, "retMsg": "Too many visits!", "result": {}, "retExtInfo": {}}
         return RestReply(status, body)

@@ -35,21 +35,13 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Mapping, Set
 from typing import Any
-from urllib.parse import parse_qs
 
 from streamer.core.timefmt import parse_iso_ms
 from streamer.core.types import MINUTE_MS
 from streamer.replay.data import TradeRow
-from streamer.replay.dialect import (
-    Channels,
-    ControlOutcome,
-    Opening,
-    RestReply,
-    RestRequest,
-    RestRoute,
-    iso_micros,
-)
+from streamer.replay.dialect import Channels, ControlOutcome, DialectBase, dumps, iso_micros
 from streamer.replay.minutes import minutes
+from streamer.replay.routes import Refused, RestReply, RestRequest, RestRoute
 
 MATCHES = "matches"
 HEARTBEAT = "heartbeat"
@@ -86,16 +78,8 @@ def heartbeat_json(product: str, last_trade_id: int, now_ms: int) -> str:
     )
 
 
-def _dumps(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":"))
-
-
 def _error(message: str, reason: str) -> ControlOutcome:
-    return ControlOutcome([_dumps({"type": "error", "message": message, "reason": reason})])
-
-
-class _Refused(Exception):
-    pass
+    return ControlOutcome([dumps({"type": "error", "message": message, "reason": reason})])
 
 
 def _time_param(text: str, name: str) -> int:
@@ -105,11 +89,11 @@ def _time_param(text: str, name: str) -> int:
             return int(float(text) * 1000)
         return parse_iso_ms(text.replace("Z", "+00:00"))
     except (ValueError, OverflowError):
-        raise _Refused(f"Invalid {name}") from None
+        raise Refused(f"Invalid {name}") from None
 
 
 def rest_candles(request: RestRequest) -> RestReply:
-    params = {k: v[-1] for k, v in parse_qs(request.query, keep_blank_values=True).items()}
+    params = request.params
     product = request.path_params.get("product_id", "")
     source = request.timeline.sources.get(product)
     if source is None:
@@ -127,7 +111,7 @@ def rest_candles(request: RestRequest) -> RestReply:
         try:
             start = _time_param(params["start"], "start")
             end = _time_param(params["end"], "end")
-        except _Refused as exc:
+        except Refused as exc:
             return RestReply(400, {"message": str(exc)})
         if start > end:
             return RestReply(400, {"message": "start must be before end"})
@@ -152,7 +136,7 @@ def rest_time(request: RestRequest) -> RestReply:
     return RestReply(200, {"iso": iso_micros(now)[:-4] + "Z", "epoch": now / 1000})
 
 
-class CoinbaseDialect:
+class CoinbaseDialect(DialectBase):
     """Coinbase Exchange, as ``ws-feed.exchange.coinbase.com`` and ``api.exchange.coinbase.com``
     serve it, for ``products`` (the replayed symbols, e.g. ``BTC-USD``)."""
 
@@ -168,24 +152,14 @@ class CoinbaseDialect:
     def channels(self, symbol: str) -> Channels:
         return Channels(trades=((stream(MATCHES, symbol), match_json),), klines=())
 
-    def frames(self, stream: str, event: str) -> tuple[str, ...]:
-        return (event,)
-
-    def malformed(self, event: str, variant: int) -> str:
-        """0 invalid JSON, 1 wrong types, 2 NaN price; ids stay the real event's."""
-        if variant == 0:
-            return event[: len(event) // 2]
-        parsed: dict[str, Any] = json.loads(event)
+    def spoil(self, event: dict[str, Any], variant: int) -> None:
+        """1 wrong types, 2 NaN price."""
         if variant == 1:
-            parsed["trade_id"] = "not-a-number"
-            parsed["price"] = {"price": 1}
-            parsed["size"] = None
+            event["trade_id"] = "not-a-number"
+            event["price"] = {"price": 1}
+            event["size"] = None
         else:
-            parsed["price"] = "NaN"
-        return _dumps(parsed)
-
-    def open(self, path: str, query: str) -> Opening | None:
-        return Opening([], 0) if path in ("", "/") else None
+            event["price"] = "NaN"
 
     def control(self, message: str | bytes, streams: Set[str], framing: int) -> ControlOutcome:
         """``subscribe`` / ``unsubscribe``, answered with the connection's subscriptions."""
@@ -200,7 +174,7 @@ class CoinbaseDialect:
             return _error("Failed to subscribe", "Type has to be either subscribe or unsubscribe")
         try:
             names = self._streams(request, kind == "unsubscribe", streams)
-        except _Refused as exc:
+        except Refused as exc:
             return _error("Failed to subscribe", str(exc))
         if kind == "subscribe":
             after = set(streams) | set(names)
@@ -209,14 +183,14 @@ class CoinbaseDialect:
         return ControlOutcome([self._subscriptions(after)], unsubscribe=names)
 
     def _streams(self, request: dict[str, Any], unsubscribe: bool, streams: Set[str]) -> list[str]:
-        """The streams a (un)subscribe message names; raises ``_Refused`` for the whole
+        """The streams a (un)subscribe message names; raises ``Refused`` for the whole
         message if any part is invalid."""
         products = request.get("product_ids", [])
         channels = request.get("channels")
         if not isinstance(channels, list) or not channels:
-            raise _Refused("No channels provided")
+            raise Refused("No channels provided")
         if not isinstance(products, list) or not all(isinstance(p, str) for p in products):
-            raise _Refused("product_ids must be a list of strings")
+            raise Refused("product_ids must be a list of strings")
         names: list[str] = []
         for channel in channels:
             if isinstance(channel, str):
@@ -224,19 +198,19 @@ class CoinbaseDialect:
             elif isinstance(channel, dict) and isinstance(channel.get("name"), str):
                 name, ids = channel["name"], channel.get("product_ids", products)
                 if not isinstance(ids, list) or not all(isinstance(p, str) for p in ids):
-                    raise _Refused("product_ids must be a list of strings")
+                    raise Refused("product_ids must be a list of strings")
             else:
-                raise _Refused("channels must be names or {name, product_ids} objects")
+                raise Refused("channels must be names or {name, product_ids} objects")
             if name not in CHANNELS:
-                raise _Refused(f"{name} is not a valid channel")
+                raise Refused(f"{name} is not a valid channel")
             if unsubscribe and not ids:  # a channel alone: all of its products
                 names += sorted(s for s in streams if s.startswith(f"{name}:"))
                 continue
             if not ids:
-                raise _Refused(f"No product ids provided for {name}")
+                raise Refused(f"No product ids provided for {name}")
             for product in ids:
                 if product not in self.products:
-                    raise _Refused(f"{product} is not a valid product")
+                    raise Refused(f"{product} is not a valid product")
                 names.append(stream(name, product))
         return names
 
@@ -247,7 +221,7 @@ class CoinbaseDialect:
             channel, _, product = name.partition(":")
             by_channel.setdefault(channel, []).append(product)
         listed = [{"name": c, "product_ids": by_channel[c]} for c in CHANNELS if c in by_channel]
-        return _dumps({"type": "subscriptions", "channels": listed})
+        return dumps({"type": "subscriptions", "channels": listed})
 
     def heartbeats(
         self, streams: Set[str], now_ms: int, quiet_ms: int, last_trade_ids: Mapping[str, int]

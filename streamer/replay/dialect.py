@@ -6,19 +6,22 @@ names of a symbol and the JSON of its trade and kline events, how a connection's
 control messages (subscribe, unsubscribe, ...) are answered, and the REST pages. Everything here
 is pure (text in, text or decisions out), so a dialect is tested without sockets. One module per
 venue implements it (``binance.py``, ``coinbase.py``, ``kraken.py``, ``okx.py``, ``bybit.py``,
-``bitstamp.py``). A venue that sends
-heartbeats implements ``Heartbeating`` as well.
+``bitstamp.py``), most on ``DialectBase``, which holds what they share: no rules, one
+framing, malformed copies made from the event's JSON. A venue that sends heartbeats implements
+``Heartbeating`` as well. What a venue enforces on its clients is its ``VenueRules``.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Mapping, Set
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
 from streamer.core.timefmt import iso_seconds
 from streamer.replay.data import Kline, TradeRow
-from streamer.replay.timeline import Timeline
+from streamer.replay.limits import VenueRules
+from streamer.replay.routes import RestReply, RestRoute
 
 # (symbol, event) -> the event's JSON text on one stream
 TradeEncoder = Callable[[str, TradeRow], str]
@@ -28,6 +31,11 @@ KlineEncoder = Callable[[str, Kline], str]
 def iso_micros(ts_ms: int) -> str:
     """``2021-04-17T16:43:37.121000Z``: the microsecond times of Coinbase's and Kraken's JSON."""
     return f"{iso_seconds(ts_ms - ts_ms % 1000)[:-1]}.{ts_ms % 1000:03d}000Z"
+
+
+def dumps(value: Any) -> str:
+    """Compact JSON, as the venues send it."""
+    return json.dumps(value, separators=(",", ":"))
 
 
 MALFORMED_VARIANTS = 3  # Dialect.malformed: 0 invalid JSON, 1 wrong field types, 2 NaN price
@@ -63,40 +71,19 @@ class ControlOutcome:
     framing: int | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class RestRequest:
-    """A REST request as a route sees it: the raw query string, the replay clock's time, the
-    timeline (what may be served: klines that have closed by ``now_ms``) and the values of the
-    route's ``{name}`` path segments."""
-
-    query: str
-    now_ms: int
-    timeline: Timeline
-    path_params: Mapping[str, str] = field(default_factory=dict)
-
-
-@dataclass(frozen=True, slots=True)
-class RestReply:
-    status: int
-    body: Any  # JSON-serialisable
-    headers: Mapping[str, str] = field(default_factory=dict)
-
-
-@dataclass(frozen=True, slots=True)
-class RestRoute:
-    """One REST path (a ``{name}`` segment matches any one segment, e.g.
-    ``/products/{product_id}/candles``). ``throttled`` routes answer the ``Faults``
-    rest_429/rest_418 first."""
-
-    handler: Callable[[RestRequest], RestReply]
-    throttled: bool = False
-
-
 class Dialect(Protocol):
     """A venue's WebSocket and REST protocol, as the replay server serves it."""
 
     @property
     def rest_routes(self) -> Mapping[str, RestRoute]: ...
+
+    @property
+    def rules(self) -> VenueRules: ...
+
+    def shutdown_notice(self, now_ms: int) -> str | None:
+        """What the venue sends before it goes away (Binance ``serverShutdown``); None: it
+        sends nothing."""
+        ...
 
     def channels(self, symbol: str) -> Channels: ...
 
@@ -121,6 +108,57 @@ class Dialect(Protocol):
     def rest_throttled(self, status: int) -> RestReply:
         """The body of a 429 or 418 answer (the server adds Retry-After)."""
         ...
+
+
+class DialectBase:
+    """What most dialects share: no rules, one WebSocket path, no greeting, no shutdown notice,
+    one framing (each event is sent as it is) and malformed copies made from the event's JSON
+    (``spoil``)."""
+
+    rules = VenueRules()
+    ws_path = ""  # the one WebSocket path served ("": the root), with or without a final "/"
+
+    def open(self, path: str, query: str) -> Opening | None:
+        """A connection to ``ws_path``: no streams until the client subscribes, the one
+        framing, and the venue's ``greeting``."""
+        if path not in (self.ws_path, self.ws_path + "/"):
+            return None
+        return Opening([], 0, self.greeting())
+
+    def greeting(self) -> tuple[str, ...]:
+        """What the venue sends a new connection first."""
+        return ()
+
+    def shutdown_notice(self, now_ms: int) -> str | None:
+        return None
+
+    def frames(self, stream: str, event: str) -> tuple[str, ...]:
+        return (event,)
+
+    def malformed(self, event: str, variant: int) -> str:
+        """0 the first half of the event (invalid JSON), 1 and 2 the event ``spoil`` made."""
+        if variant == 0:
+            return event[: len(event) // 2]
+        parsed: dict[str, Any] = json.loads(event)
+        self.spoil(parsed, variant)
+        return dumps(parsed)
+
+    def spoil(self, event: dict[str, Any], variant: int) -> None:
+        """Break the parsed ``event`` in place: 1 wrong field types, 2 a bad price; its ids
+        stay the real event's, so a client that remembers an id before validating loses the
+        good frame."""
+        raise NotImplementedError
+
+
+def spoil_trade(
+    trade: dict[str, Any], variant: int, wrong_types: dict[str, Any], price: str
+) -> None:
+    """``DialectBase.spoil`` of a trade whose price is text: 1 ``wrong_types`` written over its
+    fields, 2 its ``price`` negative."""
+    if variant == 1:
+        trade.update(wrong_types)
+    else:
+        trade[price] = "-" + trade[price]
 
 
 @runtime_checkable

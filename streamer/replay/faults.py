@@ -81,7 +81,7 @@ class SentStats:
     drops: int = 0  # connections dropped by a fault
     refused: int = 0  # upgrades answered 503
     rest_requests: int = 0
-    rest_throttled: int = 0  # answered 429 or 418
+    rest_throttled: int = 0  # answered 429, 418 or the venue's 403
     _volume: dict[str, int] = field(default_factory=dict)
     _minutes: dict[tuple[str, int], list[int]] = field(default_factory=dict)
 

@@ -46,20 +46,12 @@ from collections.abc import Callable, Iterable, Mapping, Set
 from decimal import Decimal
 from email.utils import formatdate
 from typing import Any
-from urllib.parse import parse_qs
 
 from streamer.core.types import MINUTE_MS
 from streamer.replay.data import TradeRow
-from streamer.replay.dialect import (
-    Channels,
-    ControlOutcome,
-    Opening,
-    RestReply,
-    RestRequest,
-    RestRoute,
-    iso_micros,
-)
+from streamer.replay.dialect import Channels, ControlOutcome, DialectBase, dumps, iso_micros
 from streamer.replay.minutes import Minute, minutes, trades_after
+from streamer.replay.routes import Refused, RestReply, RestRequest, RestRoute
 
 TRADE = "trade"
 HEARTBEAT = "heartbeat"
@@ -112,10 +104,6 @@ def trade_json(symbol: str, t: TradeRow) -> str:
 HEARTBEAT_JSON = '{"channel":"heartbeat"}'
 
 
-def _dumps(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":"))
-
-
 def _volume(value: Decimal) -> str:
     """Kraken's 8-decimal volume text, or every digit if the exact sum has more."""
     text = format(value, "f")
@@ -137,14 +125,6 @@ def ohlc_row(minute: Minute) -> list[int | str]:
     ]
 
 
-class _Refused(Exception):
-    pass
-
-
-def _params(query: str) -> dict[str, str]:
-    return {k: v[-1] for k, v in parse_qs(query, keep_blank_values=True).items()}
-
-
 def _number(params: dict[str, str], name: str, default: float) -> float:
     text = params.get(name)
     if text is None or text == "":
@@ -152,15 +132,16 @@ def _number(params: dict[str, str], name: str, default: float) -> float:
     try:
         return float(text)
     except ValueError:
-        raise _Refused(f"EGeneral:Invalid arguments:{name}") from None
+        raise Refused(f"EGeneral:Invalid arguments:{name}") from None
 
 
-class KrakenDialect:
+class KrakenDialect(DialectBase):
     """Kraken spot, as ``ws.kraken.com/v2`` and ``api.kraken.com`` serve it, for ``symbols``
     (the replayed symbols, e.g. ``BTC-USD``). ``wall_time``: the clock of ``time_in`` and
     ``time_out``."""
 
     heartbeat_every_ms = 1000
+    ws_path = "/v2"
 
     def __init__(self, symbols: Iterable[str], wall_time: Callable[[], float] = time.time) -> None:
         self.symbols = {wire_symbol(s): s for s in symbols}  # BTC/USD -> BTC-USD
@@ -181,26 +162,18 @@ class KrakenDialect:
     def channels(self, symbol: str) -> Channels:
         return Channels(trades=((stream(TRADE, wire_symbol(symbol)), trade_json),), klines=())
 
-    def frames(self, stream: str, event: str) -> tuple[str, ...]:
-        return (event,)
-
-    def malformed(self, event: str, variant: int) -> str:
-        """0 invalid JSON, 1 wrong types (v1-style string price, string id), 2 a negative
-        price (JSON has no NaN); ids stay the real event's."""
-        if variant == 0:
-            return event[: len(event) // 2]
-        parsed: dict[str, Any] = json.loads(event)
-        trade = parsed["data"][0]
+    def spoil(self, event: dict[str, Any], variant: int) -> None:
+        """1 wrong types (v1-style string price, string id), 2 a negative price (JSON has no
+        NaN)."""
+        trade = event["data"][0]
         if variant == 1:
             trade["price"] = str(trade["price"])
             trade["trade_id"] = "not-a-number"
         else:
             trade["price"] = -trade["price"]
-        return _dumps(parsed)
 
-    def open(self, path: str, query: str) -> Opening | None:
-        if path.rstrip("/") != "/v2":
-            return None
+    def greeting(self) -> tuple[str, ...]:
+        """The ``status`` message that opens every connection."""
         status = {
             "channel": "status",
             "data": [
@@ -213,7 +186,7 @@ class KrakenDialect:
             ],
             "type": "update",
         }
-        return Opening([], 0, greeting=(_dumps(status),))
+        return (dumps(status),)
 
     def control(self, message: str | bytes, streams: Set[str], framing: int) -> ControlOutcome:
         """``subscribe``, ``unsubscribe`` (one answer per symbol) and ``ping``."""
@@ -299,7 +272,7 @@ class KrakenDialect:
             body["req_id"] = req_id
         body["time_in"] = time_in
         body["time_out"] = iso_micros(int(self.wall_time() * 1000))
-        return _dumps(body)
+        return dumps(body)
 
     def _failure(
         self,
@@ -329,24 +302,24 @@ class KrakenDialect:
     def _pair(self, params: dict[str, str]) -> tuple[str, str]:
         pair = params.get("pair", "")
         if not pair:
-            raise _Refused("EGeneral:Invalid arguments:pair")
+            raise Refused("EGeneral:Invalid arguments:pair")
         found = self.pairs.get(pair.upper())
         if found is None:
-            raise _Refused("EQuery:Unknown asset pair")
+            raise Refused("EQuery:Unknown asset pair")
         return found
 
     def rest_ohlc(self, request: RestRequest) -> RestReply:
         """The 720 most recent minutes (the last one still running) after ``since``."""
-        params = _params(request.query)
+        params = request.params
         try:
             symbol, internal = self._pair(params)
             interval = _number(params, "interval", 1)
             if interval not in INTERVALS:
-                raise _Refused("EGeneral:Invalid arguments:interval")
+                raise Refused("EGeneral:Invalid arguments:interval")
             if interval != 1:
-                raise _Refused("EGeneral:Invalid arguments:the replay serves interval=1 only")
+                raise Refused("EGeneral:Invalid arguments:the replay serves interval=1 only")
             since_s = _number(params, "since", 0)
-        except _Refused as exc:
+        except Refused as exc:
             return RestReply(200, {"error": [str(exc)]})
         now = request.now_ms
         current = now - now % MINUTE_MS
@@ -360,12 +333,12 @@ class KrakenDialect:
 
     def rest_trades(self, request: RestRequest) -> RestReply:
         """Up to ``count`` (1000) trades after ``since`` (seconds, or ns as ``last`` gives)."""
-        params = _params(request.query)
+        params = request.params
         try:
             symbol, internal = self._pair(params)
             since = _number(params, "since", 0)
             count = int(_number(params, "count", TRADES_PAGE))
-        except _Refused as exc:
+        except Refused as exc:
             return RestReply(200, {"error": [str(exc)]})
         since_ms = int(since // 1_000_000) if since >= 1e14 else int(since * 1000)
         source = request.timeline.sources[symbol]

@@ -20,6 +20,11 @@ from streamer.replay.timeline import Timeline
 _ZERO = Decimal(0)
 
 
+def plain(value: Decimal) -> str:
+    """A volume as plain digits: no exponent, no trailing zeros, ``0`` for nothing."""
+    return format(value.normalize(), "f") if value else "0"
+
+
 @dataclass(frozen=True, slots=True)
 class Minute:
     """One minute's candle; ``final`` is False for the minute still running (trades so far)."""
@@ -37,6 +42,18 @@ class Minute:
     @property
     def vwap(self) -> Decimal:
         return self.quote_volume / self.volume if self.volume else _ZERO
+
+    def text_row(self) -> list[str]:
+        """``[open time (ms), open, high, low, close, volume]``, all text: how OKX's and
+        Bybit's candle rows begin."""
+        return [
+            str(self.open_time_ms),
+            self.open,
+            self.high,
+            self.low,
+            self.close,
+            plain(self.volume),
+        ]
 
 
 def minute_trades(timeline: Timeline, source: Source, kline: Kline) -> list[TradeRow]:

@@ -20,7 +20,8 @@
   (``client_idle_timeout_s``, which the server enforces). OKX documents the 30 s as a
   connection over which nothing was *pushed*; the replay counts what the client sent instead,
   which is stricter: a client passes only if it keeps the connection alive by itself, busy or
-  quiet. ``shutdown_notice``: the 64008 notice OKX sends before a service upgrade.
+  quiet. At most 3 connection requests a second per IP; more are answered HTTP 429 at the
+  handshake. ``shutdown_notice``: the 64008 notice OKX sends before a service upgrade.
 * REST ``GET /api/v5/market/history-candles`` and ``/api/v5/market/candles``
   (``instId``, ``bar=1m``, ``after``, ``before``, ``limit``): ``{"code":"0","msg":"","data":
   [[ts, o, h, l, c, vol, volCcy, volCcyQuote, confirm],...]}``, all strings, NEWEST FIRST: the
@@ -30,6 +31,8 @@
   as it has traded, with ``confirm`` ``"0"``; closed minutes have ``"1"``; minutes without
   trades are flat rows at the previous close with volume 0. Errors are HTTP 200 with the code
   filled (``51001`` unknown instrument, ``51000`` a bad parameter, ``50014`` a missing one).
+  Per IP, at most 40 candles and 20 history-candles requests within any 2 s; more are
+  answered HTTP 429 ``{"code":"50011","msg":"Too Many Requests","data":[]}``.
 
 Symbols: OKX's instrument id ``BTC-USDT`` is the replayed symbol as it is.
 """
@@ -38,21 +41,14 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Mapping, Set
-from decimal import Decimal
 from typing import Any
-from urllib.parse import parse_qs
 
 from streamer.core.types import MINUTE_MS
 from streamer.replay.data import TradeRow
-from streamer.replay.dialect import (
-    Channels,
-    ControlOutcome,
-    Opening,
-    RestReply,
-    RestRequest,
-    RestRoute,
-)
-from streamer.replay.minutes import Minute, minutes
+from streamer.replay.dialect import Channels, ControlOutcome, DialectBase, dumps, spoil_trade
+from streamer.replay.limits import RequestLimit, VenueRules
+from streamer.replay.minutes import Minute, minutes, plain
+from streamer.replay.routes import Refused, RestReply, RestRequest, RestRoute, int_param
 
 TRADES = "trades"
 WS_PATH = "/ws/v5/public"
@@ -61,6 +57,8 @@ CANDLES = 300  # rows a candles request may ask for
 CANDLES_DEFAULT = 100
 CANDLES_MINUTES = 1440  # how far back candles serves
 IDLE_TIMEOUT_S = 30.0
+HISTORY_PATH = "/api/v5/market/history-candles"
+CANDLES_PATH = "/api/v5/market/candles"
 
 
 def stream(inst_id: str) -> str:
@@ -77,68 +75,46 @@ def trade_json(inst_id: str, t: TradeRow) -> str:
     )
 
 
-def _dumps(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":"))
-
-
 def _error(code: str, msg: str) -> str:
-    return _dumps({"event": "error", "code": code, "msg": msg})
-
-
-def _text(value: Decimal) -> str:
-    return format(value.normalize(), "f") if value else "0"
+    return dumps({"event": "error", "code": code, "msg": msg})
 
 
 def candle_row(minute: Minute) -> list[str]:
     """``[ts, o, h, l, c, vol, volCcy, volCcyQuote, confirm]``: for spot, ``vol`` in the base
     currency, ``volCcy`` and ``volCcyQuote`` in the quote currency."""
-    quote = _text(minute.quote_volume)
-    return [
-        str(minute.open_time_ms),
-        minute.open,
-        minute.high,
-        minute.low,
-        minute.close,
-        _text(minute.volume),
-        quote,
-        quote,
-        "1" if minute.final else "0",
-    ]
-
-
-class _Refused(Exception):
-    def __init__(self, code: str, msg: str) -> None:
-        super().__init__(msg)
-        self.code, self.msg = code, msg
+    quote = plain(minute.quote_volume)
+    return [*minute.text_row(), quote, quote, "1" if minute.final else "0"]
 
 
 def _int_param(params: dict[str, str], name: str) -> int | None:
-    text = params.get(name, "")
-    if text == "":
-        return None
-    if not text.isdigit():
-        raise _Refused("51000", f"Parameter {name} error")
-    return int(text)
+    return int_param(params, name, "Parameter {name} error", "51000")
 
 
-class OkxDialect:
+class OkxDialect(DialectBase):
     """OKX spot, as ``ws.okx.com:8443/ws/v5/public`` and ``www.okx.com`` serve it, for
     ``symbols`` (the replayed instrument ids, e.g. ``BTC-USDT``)."""
 
-    client_idle_timeout_s = IDLE_TIMEOUT_S
-    idle_close = (4004, "No data received in 30s")
+    ws_path = WS_PATH
+    rules = VenueRules(
+        client_idle_timeout_s=IDLE_TIMEOUT_S,
+        idle_close=(4004, "No data received in 30s"),
+        request_limits=(
+            RequestLimit(40, 2.0, frozenset({CANDLES_PATH})),
+            RequestLimit(20, 2.0, frozenset({HISTORY_PATH})),
+        ),
+        connection_limit=RequestLimit(3, 1.0),
+    )
 
     def __init__(self, symbols: Iterable[str]) -> None:
         self.symbols = frozenset(symbols)
         self.rest_routes: Mapping[str, RestRoute] = {
-            "/api/v5/market/history-candles": RestRoute(self.rest_history_candles, True),
-            "/api/v5/market/candles": RestRoute(self.rest_candles, True),
+            HISTORY_PATH: RestRoute(self.rest_history_candles, True),
+            CANDLES_PATH: RestRoute(self.rest_candles, True),
         }
 
-    @staticmethod
-    def shutdown_notice(now_ms: int) -> str:
+    def shutdown_notice(self, now_ms: int) -> str:
         """What OKX sends about 30 s before it closes connections for a service upgrade."""
-        return _dumps(
+        return dumps(
             {
                 "event": "notice",
                 "code": "64008",
@@ -152,25 +128,10 @@ class OkxDialect:
     def channels(self, symbol: str) -> Channels:
         return Channels(trades=((stream(symbol), trade_json),), klines=())
 
-    def frames(self, stream: str, event: str) -> tuple[str, ...]:
-        return (event,)
-
-    def malformed(self, event: str, variant: int) -> str:
-        """0 invalid JSON, 1 wrong types (an id that is no number, a price object), 2 a
-        negative price; ids stay the real event's."""
-        if variant == 0:
-            return event[: len(event) // 2]
-        parsed: dict[str, Any] = json.loads(event)
-        trade = parsed["data"][0]
-        if variant == 1:
-            trade["tradeId"] = "not-a-number"
-            trade["px"] = {"px": 1}
-        else:
-            trade["px"] = "-" + trade["px"]
-        return _dumps(parsed)
-
-    def open(self, path: str, query: str) -> Opening | None:
-        return Opening([], 0) if path.rstrip("/") == WS_PATH else None
+    def spoil(self, event: dict[str, Any], variant: int) -> None:
+        """1 wrong types (an id that is no number, a price object), 2 a negative price."""
+        wrong_types = {"tradeId": "not-a-number", "px": {"px": 1}}
+        spoil_trade(event["data"][0], variant, wrong_types, "px")
 
     def control(self, message: str | bytes, streams: Set[str], framing: int) -> ControlOutcome:
         """``ping``, and ``subscribe`` / ``unsubscribe`` answered arg by arg."""
@@ -196,7 +157,7 @@ class OkxDialect:
                 msg = f"Wrong URL or channel:{channel},instId:{inst_id} doesn't exist."
                 replies.append(_error("60018", msg))
                 continue
-            replies.append(_dumps({"event": op, "arg": {"channel": channel, "instId": inst_id}}))
+            replies.append(dumps({"event": op, "arg": {"channel": channel, "instId": inst_id}}))
             names.append(stream(inst_id))
         if op == "subscribe":
             return ControlOutcome(replies, subscribe=names)
@@ -214,22 +175,22 @@ class OkxDialect:
         self, request: RestRequest, max_rows: int, default_rows: int, recent: int | None
     ) -> RestReply:
         """The newest ``limit`` minutes between ``before`` and ``after``, newest first."""
-        params = {k: v[-1] for k, v in parse_qs(request.query, keep_blank_values=True).items()}
+        params = request.params
         try:
             inst_id = params.get("instId", "")
             if not inst_id:
-                raise _Refused("50014", "Parameter instId can not be empty.")
+                raise Refused("Parameter instId can not be empty.", "50014")
             if inst_id not in self.symbols:
-                raise _Refused("51001", "Instrument ID does not exist.")
+                raise Refused("Instrument ID does not exist.", "51001")
             if params.get("bar", "1m") != "1m":
-                raise _Refused("51000", "Parameter bar error")  # the replay serves 1m only
+                raise Refused("Parameter bar error", "51000")  # the replay serves 1m only
             after, before = _int_param(params, "after"), _int_param(params, "before")
             limit = _int_param(params, "limit")
             limit = default_rows if limit is None else limit
             if not 1 <= limit <= max_rows:
-                raise _Refused("51000", "Parameter limit error")
-        except _Refused as exc:
-            return RestReply(200, {"code": exc.code, "msg": exc.msg, "data": []})
+                raise Refused("Parameter limit error", "51000")
+        except Refused as exc:
+            return RestReply(200, {"code": exc.code, "msg": exc.message, "data": []})
         now = request.now_ms
         current = now - now % MINUTE_MS
         high = current if after is None else min(current, after - 1)

@@ -2,9 +2,11 @@
 
 It runs on its own port (``ReplayServer.rest_url``). Every request is counted in
 ``sent.rest_requests`` and logged in ``rest_log`` with its arrival time and status, so tests can
-check how a client paced its requests; throttled routes answer the ``Faults`` rest_429/rest_418
-first, with ``Retry-After``. A route's ``{name}`` segments match any one path segment
-(``/products/{product_id}/candles``), and the handler gets their values.
+check how a client paced its requests. The venue's ``request_limits`` (requests per IP within a
+sliding window) answer what is over them with the venue's throttling body, the used weight
+(``request_weights``) is reported and capped per minute, and throttled routes answer the
+``Faults`` rest_429/rest_418 first, with ``Retry-After``. A route's ``{name}`` segments match
+any one path segment (``/products/{product_id}/candles``), and the handler gets their values.
 """
 
 from __future__ import annotations
@@ -17,9 +19,10 @@ from typing import NamedTuple, Protocol
 
 from aiohttp import web
 
-from streamer.replay.dialect import Dialect, RestReply, RestRequest, RestRoute
+from streamer.replay.dialect import Dialect
 from streamer.replay.faults import Faults, SentStats
-from streamer.replay.limits import WeightPerMinute
+from streamer.replay.limits import RequestRate, VenueRules, WeightPerMinute
+from streamer.replay.routes import RestReply, RestRequest, RestRoute
 from streamer.replay.timeline import Timeline
 
 _CONTENT_TYPE = "application/json;charset=UTF-8"
@@ -38,7 +41,9 @@ class RestExchange(Protocol):
     sent: SentStats
     rest_log: list[RestLogEntry]
     timeline: Timeline
+    rules: VenueRules
     weight: WeightPerMinute | None
+    request_rates: list[RequestRate]  # one per rule of ``rules.request_limits``
 
     def clock_ms(self) -> int: ...
 
@@ -67,15 +72,19 @@ def match_route(
 
 
 def answer(dialect: Dialect, exchange: RestExchange, path: str, query: str) -> RestReply:
-    """The reply to ``GET path?query``, with the throttling faults and the venue's request
-    weight applied (a venue with ``request_weights`` reports the weight used this minute in
-    every answer, and answers 429 once an IP has used the limit)."""
+    """The reply to ``GET path?query``, with the venue's request limits, its request weight
+    (a venue with ``request_weights`` reports the weight used this minute in every answer, and
+    answers 429 once an IP has used the limit) and the throttling faults applied."""
     exchange.sent.rest_requests += 1
     found = match_route(dialect.rest_routes, path)
     if found is None:
         return dialect.rest_not_found(path)
     route, path_params = found
-    weighed = _weigh(dialect, exchange, path)
+    over = _over_a_limit(exchange, path)
+    if over is not None:
+        exchange.sent.rest_throttled += 1
+        return dialect.rest_throttled(over)
+    weighed = _weigh(exchange, path)
     if weighed is not None and not weighed[0]:
         exchange.sent.rest_throttled += 1
         wait = str(60 - int(time.time()) % 60)
@@ -91,15 +100,24 @@ def answer(dialect: Dialect, exchange: RestExchange, path: str, query: str) -> R
     return replace(reply, headers={**reply.headers, **headers}) if headers else reply
 
 
-def _weigh(
-    dialect: Dialect, exchange: RestExchange, path: str
-) -> tuple[bool, dict[str, str]] | None:
+def _over_a_limit(exchange: RestExchange, path: str) -> int | None:
+    """Count the request against the venue's request limits: the status of the first it is
+    over; None: within them all."""
+    now = time.monotonic()
+    for rate in exchange.request_rates:
+        paths = rate.rule.paths
+        if (not paths or path in paths) and not rate.admit(now):
+            return rate.rule.status
+    return None
+
+
+def _weigh(exchange: RestExchange, path: str) -> tuple[bool, dict[str, str]] | None:
     """Spend the request's weight: (allowed, the used-weight header); None: no weights."""
-    weights: Mapping[str, int] | None = getattr(dialect, "request_weights", None)
-    if weights is None or exchange.weight is None:
+    rules = exchange.rules
+    if rules.request_weights is None or exchange.weight is None:
         return None
-    allowed, used = exchange.weight.spend(weights.get(path, 1), time.time())
-    return allowed, {getattr(dialect, "weight_header", "X-Used-Weight"): str(used)}
+    allowed, used = exchange.weight.spend(rules.request_weights.get(path, 1), time.time())
+    return allowed, {rules.weight_header: str(used)}
 
 
 class RestServer:

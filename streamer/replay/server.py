@@ -31,12 +31,15 @@ Idle clients. A venue that closes a connection whose client has sent nothing for
 count, not WebSocket pings; the close uses the venue's ``idle_close`` code and reason and is
 counted in ``idle_closes``.
 
-Venue rules. What the dialect declares is enforced: more than ``max_client_messages_per_s``
-messages from a client within a second (pings and pongs included, ``CountingConnection``) close
-the connection with 1008 (``rate_limit_closes``); connections are cut at
-``max_connection_age_s`` (``connection_age_s`` shortens it; ``age_cuts``); REST answers report
-the request weight used this minute and refuse past the limit (``weight``);
+Venue rules. What the dialect's ``rules`` (``VenueRules``) declare is enforced: more than
+``max_client_messages_per_s`` messages from a client within a second (pings and pongs included,
+``CountingConnection``) close the connection with 1008 (``rate_limit_closes``); connections are
+cut at ``max_connection_age_s`` (``connection_age_s`` shortens it; ``age_cuts``); WebSocket
+upgrades over ``connection_limit`` are answered 429 (``connection_rate_refusals``); REST requests
+over a ``request_limits`` rule get the venue's throttling answer (``request_rates``), and REST
+answers report the request weight used this minute and refuse past the limit (``weight``);
 ``announce_shutdown`` sends the venue's shutdown notice and closes the connections after it.
+``rules`` replaces the dialect's (tests: shorter windows).
 
 Faults (``Faults``, settable while running, and CLI flags) drop, stall or refuse connections,
 send malformed frames and throttle REST klines, so tests can observe recovery. ``sent`` counts
@@ -85,7 +88,7 @@ from streamer.replay.dialect import (
 )
 from streamer.replay.faults import Faults, SentStats
 from streamer.replay.kraken import KrakenDialect
-from streamer.replay.limits import MessageRate, WeightPerMinute
+from streamer.replay.limits import MessageRate, RequestRate, VenueRules, WeightPerMinute
 from streamer.replay.minutes import last_trade_id_before
 from streamer.replay.okx import OkxDialect
 from streamer.replay.rest import RestLogEntry, RestServer
@@ -135,9 +138,10 @@ class ReplayServer:
     ``start_ms`` is where streaming begins (floored to the minute; default: the data's first
     minute); REST serves everything before it at once. ``dialect``: a venue name of
     ``DIALECTS`` (``"binance"``, ``"coinbase"``, ``"kraken"``, ``"okx"``, ``"bybit"``,
-    ``"bitstamp"``) or a ``Dialect``. ``connection_age_s`` and ``client_idle_timeout_s``
-    shorten the venue's cut of old connections and its close of connections whose client sent
-    nothing for so long (tests).
+    ``"bitstamp"``) or a ``Dialect``. ``rules``: what the server enforces instead of the
+    dialect's ``rules``; ``connection_age_s`` and ``client_idle_timeout_s`` shorten the venue's
+    cut of old connections and its close of connections whose client sent nothing for so long
+    (tests).
     """
 
     def __init__(
@@ -153,6 +157,7 @@ class ReplayServer:
         wait_for_subscriber: bool = True,
         faults: Faults | None = None,
         dialect: Dialect | str = BINANCE,
+        rules: VenueRules | None = None,
         connection_age_s: float | None = None,
         client_idle_timeout_s: float | None = None,
     ) -> None:
@@ -173,17 +178,19 @@ class ReplayServer:
                 raise ValueError(f"unknown venue {dialect!r} (known: {', '.join(DIALECTS)})")
             dialect = DIALECTS[dialect](list(self.sources))
         self.dialect = dialect
+        self.rules = rules = dialect.rules if rules is None else rules
         # the venue's cut of old connections (Binance: 24 h); ``connection_age_s`` shortens it
-        self.connection_age_s = connection_age_s or getattr(dialect, "max_connection_age_s", None)
+        self.connection_age_s = connection_age_s or rules.max_connection_age_s
         # the venue's close of a connection whose client has sent nothing for so long (OKX:
         # 30 s); ``client_idle_timeout_s`` shortens it
-        self.client_idle_timeout_s = client_idle_timeout_s or getattr(
-            dialect, "client_idle_timeout_s", None
-        )
-        limit: int | None = getattr(dialect, "max_client_messages_per_s", None)
-        self._message_limit = limit
-        weight_limit: int | None = getattr(dialect, "weight_limit_per_minute", None)
+        self.client_idle_timeout_s = client_idle_timeout_s or rules.client_idle_timeout_s
+        self._message_limit = rules.max_client_messages_per_s
+        weight_limit = rules.weight_limit_per_minute
         self.weight = None if weight_limit is None else WeightPerMinute(weight_limit)
+        self.request_rates = [RequestRate(rule) for rule in rules.request_limits]
+        limit = rules.connection_limit
+        self._connection_rate = None if limit is None else RequestRate(limit)
+        self.connection_rate_refusals = 0  # WebSocket upgrades refused for the venue's rate
         self._closing: set[asyncio.Task[None]] = set()
         self.rate_limit_closes = 0  # connections closed with 1008 for sending too much
         self.age_cuts = 0  # connections cut for their age
@@ -277,15 +284,15 @@ class ReplayServer:
 
     @property
     def ws_url(self) -> str:
-        return f"ws://{self._url_host}:{self.port}"
+        return self._url("ws", self.port)
 
     @property
     def rest_url(self) -> str:
-        return f"http://{self._url_host}:{self.rest_port}"
+        return self._url("http", self.rest_port)
 
-    @property
-    def _url_host(self) -> str:
-        return f"[{self.host}]" if ":" in self.host else self.host
+    def _url(self, scheme: str, port: int) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host  # an IPv6 address
+        return f"{scheme}://{host}:{port}"
 
     @property
     def finished(self) -> bool:
@@ -325,10 +332,9 @@ class ReplayServer:
     async def announce_shutdown(self, close_after_s: float) -> None:
         """The venue's shutdown notice (Binance ``serverShutdown``) on every open connection,
         after what was queued before it; the connections close ``close_after_s`` later."""
-        notice = getattr(self.dialect, "shutdown_notice", None)
-        if notice is None:
+        text = self.dialect.shutdown_notice(self.clock_ms())
+        if text is None:
             raise ValueError("this venue sends no shutdown notice")
-        text = notice(self.clock_ms())
         clients = list(self._clients)
         for client in clients:
             self._write(client)
@@ -605,11 +611,12 @@ class ReplayServer:
             return
         if client.ws.state is State.OPEN:
             self.idle_closes += 1
-            code, reason = getattr(self.dialect, "idle_close", (1000, "idle"))
+            code, reason = self.rules.idle_close
             self._close(client.ws, code, reason)
 
     def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
-        """Let WebSocket upgrades through, or refuse them (404, 503 while refusing)."""
+        """Let WebSocket upgrades through, or refuse them (404; 429 over the venue's connection
+        limit; 503 while refusing)."""
         if request.headers.get("Upgrade", "").lower() != "websocket":
             return connection.respond(426, "Upgrade Required: REST is served at rest_url\n")
         self.connection_attempts.append(time.monotonic())
@@ -617,15 +624,19 @@ class ReplayServer:
         opening = self.dialect.open(path, query)
         if opening is None:
             return connection.respond(404, "Not Found\n")
+        rate = self._connection_rate
+        if rate is not None and not rate.admit(time.monotonic()):
+            self.connection_rate_refusals += 1
+            return connection.respond(rate.rule.status, "Too Many Requests\n")
         if time.monotonic() < self._refuse_until:
             self.sent.refused += 1
             return connection.respond(503, "Service Unavailable\n")
         self._openings[connection] = opening  # for _handle: a dialect opens each connection once
         if self._message_limit is not None and isinstance(connection, CountingConnection):
-            rate = MessageRate(self._message_limit)
+            messages = MessageRate(self._message_limit)
 
             def client_frame(now_s: float) -> None:
-                if rate.record(now_s) and connection.state is State.OPEN:
+                if messages.record(now_s) and connection.state is State.OPEN:
                     self.rate_limit_closes += 1
                     self._close(connection, 1008, "Too many messages")
 

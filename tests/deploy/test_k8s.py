@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,33 +17,18 @@ from typing import Any
 import jsonschema
 import kubernetes_validate
 import pytest
-import yaml
 from deploy_paths import DEPLOY, setting_env_names
+from k8s_resources import KUBERNETES_VERSION, Resource, find, pod_spec, real_build, real_kustomize
 from kustomize_lite import build
 
 K8S = DEPLOY / "k8s"
 OVERLAY = K8S / "overlays" / "example"
-KUBERNETES_VERSION = "1.29.0"  # the oldest version still maintained by major providers
 SERVICEMONITOR_SCHEMA = Path(__file__).resolve().parent / "schemas" / "servicemonitor-subset.json"
-Resource = dict[str, Any]
 
 
 @pytest.fixture(scope="module")
 def overlay() -> list[Resource]:
     return build(OVERLAY)
-
-
-def find(resources: list[Resource], kind: str, name: str) -> Resource:
-    matches = [r for r in resources if r["kind"] == kind and r["metadata"]["name"] == name]
-    assert len(matches) == 1, (kind, name)
-    return matches[0]
-
-
-def pod_spec(resource: Resource) -> dict[str, Any]:
-    spec = resource["spec"]
-    if resource["kind"] == "CronJob":
-        spec = spec["jobTemplate"]["spec"]
-    return spec["template"]["spec"]  # type: ignore[no-any-return]
 
 
 def containers(resource: Resource) -> Iterator[dict[str, Any]]:
@@ -66,14 +49,6 @@ def key(resource: Resource) -> tuple[str, str, str]:
 # --- build -----------------------------------------------------------------------------------
 
 
-def real_kustomize() -> list[str] | None:
-    if shutil.which("kustomize"):
-        return ["kustomize", "build"]
-    if shutil.which("kubectl"):
-        return ["kubectl", "kustomize"]
-    return None
-
-
 def test_python_build_matches_real_kustomize(overlay: list[Resource]) -> None:
     command = real_kustomize()
     if command is None:
@@ -82,11 +57,7 @@ def test_python_build_matches_real_kustomize(overlay: list[Resource]) -> None:
             "built by tests/deploy/kustomize_lite.py only (the other tests still run on it)"
         )
     for directory in (OVERLAY, K8S / "base", K8S / "dev"):
-        result = subprocess.run(
-            [*command, str(directory)], capture_output=True, text=True, timeout=120
-        )
-        assert result.returncode == 0, result.stderr
-        real = {key(r): r for r in yaml.safe_load_all(result.stdout) if r}
+        real = {key(r): r for r in real_build(command, directory)}
         ours = {key(r): r for r in (overlay if directory == OVERLAY else build(directory))}
         assert sorted(ours) == sorted(real), directory
         for k, resource in real.items():

@@ -5,21 +5,16 @@ and its streamers and trainer are configured for the cluster it deploys."""
 from __future__ import annotations
 
 import os
-import shutil
-import subprocess
-from typing import Any
 
 import kubernetes_validate
 import pytest
-import yaml
 from deploy_paths import DEPLOY
+from k8s_resources import KUBERNETES_VERSION, Resource, find, pod_spec, real_build, real_kustomize
 from kustomize_lite import build
 
 from streamer.core.redis_url import RedisMode, parse_redis_url
 
 OVERLAY = DEPLOY / "k8s" / "overlays" / "redis-cluster"
-KUBERNETES_VERSION = "1.29.0"
-Resource = dict[str, Any]
 
 
 @pytest.fixture(scope="module")
@@ -27,35 +22,14 @@ def overlay() -> list[Resource]:
     return build(OVERLAY)
 
 
-def find(resources: list[Resource], kind: str, name: str) -> Resource:
-    matches = [r for r in resources if r["kind"] == kind and r["metadata"]["name"] == name]
-    assert len(matches) == 1, (kind, name)
-    return matches[0]
-
-
-def pod(resource: Resource) -> dict[str, Any]:
-    spec = resource["spec"]
-    if resource["kind"] == "CronJob":
-        spec = spec["jobTemplate"]["spec"]
-    return spec["template"]["spec"]  # type: ignore[no-any-return]
-
-
 def test_the_overlay_builds_as_kustomize_does_and_validates(overlay: list[Resource]) -> None:
     for resource in overlay:
         if resource["kind"] != "ServiceMonitor":  # a CRD: checked with the example overlay
             kubernetes_validate.validate(resource, KUBERNETES_VERSION, strict=True)
-    command = (
-        ["kustomize", "build"]
-        if shutil.which("kustomize")
-        else ["kubectl", "kustomize"]
-        if shutil.which("kubectl")
-        else None
-    )
+    command = real_kustomize()
     if command is None:
         pytest.skip("SKIPPED LOUDLY: no kustomize or kubectl to compare the build with")
-    result = subprocess.run([*command, str(OVERLAY)], capture_output=True, text=True, timeout=120)
-    assert result.returncode == 0, result.stderr
-    real = [r for r in yaml.safe_load_all(result.stdout) if r]
+    real = real_build(command, OVERLAY)
     key = lambda r: (r["kind"], r["metadata"]["name"])  # noqa: E731
     assert sorted(real, key=key) == sorted(overlay, key=key)
 
@@ -77,16 +51,16 @@ def test_the_streamers_and_the_trainer_use_the_cluster_it_deploys(
     for host, port in target.hosts:  # every startup node is one of the deployed pods
         name, _, domain = host.partition(".")
         assert name in pod_names and domain == service["metadata"]["name"] and port == 6379
-    args = pod(nodes)["containers"][0]["args"]
+    args = pod_spec(nodes)["containers"][0]["args"]
     assert args[args.index("--cluster-enabled") + 1] == "yes"
     # the Job joins every node, each primary with one replica
     job = find(overlay, "Job", "tickcast-redis-cluster-create")
-    script = pod(job)["containers"][0]["command"][-1]
+    script = pod_spec(job)["containers"][0]["command"][-1]
     assert f"for i in {' '.join(str(i) for i in range(len(pod_names)))}; do" in script
     assert "--cluster-replicas 1" in script
 
     streamer = find(overlay, "StatefulSet", "tickcast-streamer")
-    (container,) = pod(streamer)["containers"]
+    (container,) = pod_spec(streamer)["containers"]
     for name in [k for k in os.environ if k.startswith("TICKCAST_")]:
         monkeypatch.delenv(name)
     for item in container["env"]:
@@ -98,7 +72,7 @@ def test_the_streamers_and_the_trainer_use_the_cluster_it_deploys(
     settings = load_settings()
     assert settings.redis_url == settings.model_registry == url
 
-    train = pod(find(overlay, "CronJob", "tickcast-trainer"))["containers"][0]
+    train = pod_spec(find(overlay, "CronJob", "tickcast-trainer"))["containers"][0]
     parsed = build_parser().parse_args([a.replace("$(REDIS_URL)", url) for a in train["args"]])
     assert parsed.registry == parsed.pull_redis == url
 
@@ -108,7 +82,7 @@ def test_the_redis_nodes_are_locked_down(overlay: list[Resource]) -> None:
         if resource["metadata"]["name"].startswith("tickcast-redis-cluster") and "spec" in resource:
             if resource["kind"] == "Service":
                 continue
-            spec = pod(resource)
+            spec = pod_spec(resource)
             assert spec["securityContext"]["runAsNonRoot"] is True
             assert spec["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
             assert spec["automountServiceAccountToken"] is False

@@ -55,10 +55,7 @@ async def test_bad_model_files_are_refused_while_the_old_model_keeps_serving(
     model.write_bytes(v1)
     run = FaultRun(48)
     sink = run.sink
-    async with (
-        run.server() as server,
-        run.streaming(server, redis_server.url, model, model_poll_s=0.05) as streamer,
-    ):
+    async with run.replaying(redis_server.url, model, model_poll_s=0.05) as (server, streamer):
         watcher = streamer.serving.watcher
         assert watcher is not None
         port = streamer.ops.port

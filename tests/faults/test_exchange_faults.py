@@ -60,11 +60,8 @@ async def test_drop_stall_and_refusal_are_reconnected_backfilled_and_repaired(
         stall_at_ms=run.at(32, 20_000),
         stall_s=2.0,
     )
-    registry = model_registry(tmp_path)
-    async with (
-        run.server(faults) as server,
-        run.streaming(server, redis_server.url, registry, stale_feed_s=0.5) as streamer,
-    ):
+    replaying = run.replaying(redis_server.url, model_registry(tmp_path), faults, stale_feed_s=0.5)
+    async with replaying as (server, streamer):
         stats = streamer.metrics.feeds[0]
         feed = streamer.feeds["binance"]
         await wait_until(lambda: stats.reconnects["stale"] == 1, 20, "the stall noticed")

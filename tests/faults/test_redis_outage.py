@@ -27,23 +27,19 @@ from streamer.core.types import MINUTE_MS
 
 pytestmark = pytest.mark.integration
 
-OUTAGE_S = 10.0
-
 
 async def test_redis_killed_mid_stream_buffers_and_writes_everything_once(
     durable_redis: ServerProcess, tmp_path: Path
 ) -> None:
     run = FaultRun(80)
     sink = run.sink
-    async with (
-        run.server() as server,
-        run.streaming(server, durable_redis.url, model_registry(tmp_path)) as streamer,
-    ):
+    async with run.replaying(durable_redis.url, model_registry(tmp_path)) as (server, streamer):
         port = streamer.ops.port
         stats = streamer.metrics.feeds[0]
         await wait_until(lambda: is_ready(port), 10, "/readyz 200 before the fault")
         await wait_until(lambda: server.clock_ms() >= run.start + 3 * MINUTE_MS, 10, "streaming")
 
+        outage_s = 10.0
         durable_redis.stop(kill=True)
 
         async def outage_reported() -> bool:
@@ -52,7 +48,7 @@ async def test_redis_killed_mid_stream_buffers_and_writes_everything_once(
 
         await wait_until(outage_reported, 10, "/readyz to report the Redis outage")
         trades_then, forecasts_then = stats.trades, len(sink.forecasts)
-        await asyncio.sleep(OUTAGE_S)  # the fault's length, not a wait for a condition
+        await asyncio.sleep(outage_s)  # the fault's length, not a wait for a condition
         during = await scrape(port)
         assert (await http_get(port, "/healthz"))[0] == 200
         assert during["tickcast_redis_up"][()] == 0

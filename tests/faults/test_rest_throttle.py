@@ -26,18 +26,14 @@ from streamer.replay.server import Faults
 
 pytestmark = pytest.mark.integration
 
-RETRY_AFTER_S = 1
-
 
 async def test_429_then_418_during_gap_repair_are_honoured_without_a_storm(
     redis_server: ServerProcess, tmp_path: Path
 ) -> None:
     run = FaultRun(45)
-    faults = Faults(drop_at_ms=run.at(24, 30_000), retry_after_s=RETRY_AFTER_S)
-    async with (
-        run.server(faults) as server,
-        run.streaming(server, redis_server.url, model_registry(tmp_path)) as streamer,
-    ):
+    faults = Faults(drop_at_ms=run.at(24, 30_000), retry_after_s=1)
+    registry = model_registry(tmp_path)
+    async with run.replaying(redis_server.url, registry, faults) as (server, streamer):
         assert len(server.rest_log) == len(SYMBOLS)  # one start-up page per symbol
         # the minute running at start-up is a gap too, repaired once it has closed
         await wait_until(lambda: streamer.gaps_repaired == 1, 20, "the start-up gap repaired")
@@ -57,7 +53,7 @@ async def test_429_then_418_during_gap_repair_are_honoured_without_a_storm(
     assert len(statuses) - 3 == len(SYMBOLS) * (streamer.gaps_repaired - 1)
     times = [e.arrived for e in repair]
     for i in range(3):  # the retry after each throttled answer waited Retry-After
-        assert times[i + 1] - times[i] >= RETRY_AFTER_S, (i, times[i + 1] - times[i])
+        assert times[i + 1] - times[i] >= faults.retry_after_s, (i, times[i + 1] - times[i])
     for i in range(3, len(times) - 1):  # the rest are spaced by the exchange's interval
         assert times[i + 1] - times[i] >= BINANCE.min_request_interval_s * 0.99
     outcome = metrics.backfill_requests.labels

@@ -39,6 +39,7 @@ from support.waits import wait_until
 
 from streamer.app import Streamer
 from streamer.core.types import MINUTE_MS, Forecast
+from streamer.io.sinks import CollectingSink
 from streamer.replay.data import SYNTH_TRADES_PER_MINUTE, Kline, Source
 from streamer.replay.server import ReplayServer
 from streamer.replay.timeline import shift_kline
@@ -59,24 +60,6 @@ NOMINAL, TOLERANCE = 0.8, 0.03
 # data ms per wall ms: a minute in 15 ms, which the streamer keeps up with, so that each minute
 # gets its own round and its realised forecasts reach the calibrator before the next round
 SPEED = 4000.0
-
-
-class Collecting:
-    """A forecast sink keeping every forecast the streamer publishes."""
-
-    def __init__(self) -> None:
-        self.forecasts: list[Forecast] = []
-
-    def publish_forecast(self, forecast: Forecast, closed_at: float) -> None:
-        self.forecasts.append(forecast)
-
-    def publish_skill(
-        self, exchange: str, symbol: str, figures: dict[int, dict[str, float]]
-    ) -> None:
-        return None
-
-    async def wait_sent(self) -> None:
-        return None
 
 
 def day_series(source: Source, day: int) -> Source:
@@ -145,7 +128,7 @@ async def test_calibrated_coverage_returns_after_volatility_doubles_and_raw_does
     last_closed = sources[0].klines[-2].open_time_ms  # the last bar a later trade closes
     registry = tmp_path / "registry"
     publish_dir(registry, "vol-1", build_vol_model(window=WINDOW, horizon=HORIZON))
-    sink = Collecting()
+    sink = CollectingSink()
     async with ReplayServer(sources, speed=SPEED, start_ms=first + START * MINUTE_MS) as server:
         settings = settings_for(
             server,

@@ -12,9 +12,7 @@ minute of the week), so the streamer fed each row the open time of its last bar.
 
 from __future__ import annotations
 
-import asyncio
 from collections import defaultdict
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -23,32 +21,18 @@ import pytest
 from fixtures.models import (
     DEFAULT_LEVELS,
     LEVELS_V2,
-    build_model,
-    build_model_v2,
     expected_output,
     expected_output_v2,
     publish_dir,
 )
-from support.mqtt import subscribed
 from support.servers import ServerProcess
-from support.streamer import (
-    REPLAY_GRACE_MS,
-    REPLAY_SPEED,
-    SYMBOLS,
-    kline_sources,
-    last_closed_minute,
-    running,
-    scrape,
-    settings_for,
-)
+from support.streamer import SYMBOLS, KlineReplay, fresh_model, model_registry, scrape
 from support.waits import wait_until
 
-from streamer.app import Streamer
 from streamer.core.contracts.model import quantile_key
 from streamer.core.contracts.mqtt import validate_forecast_payload
 from streamer.core.timefmt import iso_seconds, parse_iso_ms
 from streamer.core.types import MINUTE_MS
-from streamer.replay.server import ReplayServer
 
 pytestmark = pytest.mark.integration
 
@@ -78,56 +62,32 @@ def model_values(payload: dict[str, Any], contract: int) -> np.ndarray:
 async def test_a_contract_1_to_2_swap_and_back_misses_no_minute(
     redis_server: ServerProcess, mosquitto_server: ServerProcess, tmp_path: Path
 ) -> None:
-    sources = kline_sources(44)
-    first = sources[0].first_open_ms
-    start = first + 24 * MINUTE_MS
-    swap_at = first + 29 * MINUTE_MS + 30_000
-    rollback_at = first + 36 * MINUTE_MS + 30_000
+    replay = KlineReplay(44, stream_from=24)
+    swap_at = replay.at(29, 30_000)
+    rollback_at = replay.at(36, 30_000)
 
-    registry = tmp_path / "registry"
-    trained_at = datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
-    v1 = build_model(
-        version="v1", window=WINDOW_V1, horizon=HORIZON, band=BAND, trained_at=trained_at
+    v1 = fresh_model("v1", WINDOW_V1, HORIZON, band=BAND)
+    v2 = fresh_model("v2", WINDOW_V2, HORIZON, contract=2, band=BAND)
+    registry = model_registry(tmp_path, "v1", v1)
+
+    publishing = replay.publishing(
+        redis_server,
+        mosquitto_server,
+        registry,
+        model_poll_s=0.05,
+        eval_horizons=[1, 5],
+        calibration="off",  # the payloads carry each model's own values, checked exactly
     )
-    v2 = build_model_v2(
-        version="v2", window=WINDOW_V2, horizon=HORIZON, band=BAND, trained_at=trained_at
-    )
-    publish_dir(registry, "v1", v1)
-
-    async with (
-        subscribed(mosquitto_server.port) as subscriber,
-        ReplayServer(sources, speed=REPLAY_SPEED, start_ms=start) as server,
-    ):
-        settings = settings_for(
-            server,
-            list(SYMBOLS),
-            redis_url=redis_server.url,
-            mqtt_url=mosquitto_server.url,
-            model_registry=str(registry),
-            model_poll_s=0.05,
-            eval_horizons=[1, 5],
-            calibration="off",  # the payloads carry each model's own values, checked exactly
-        )
-        streamer = Streamer(settings, clock=server.clock_ms)
-        async with running(streamer):
-            await wait_until(lambda: server.clock_ms() >= swap_at, 30, "minute 29:30")
-            publish_dir(registry, "v2", v2)
-            await wait_until(lambda: server.clock_ms() >= rollback_at, 30, "minute 36:30")
-            (registry / "current").write_text('{"version": "v1"}')  # roll back to contract 1
-            async with asyncio.timeout(60):
-                await server.wait_finished()
-            end = server.clock_ms()
-            last_closed = last_closed_minute(first, end, REPLAY_GRACE_MS)
-
-            def complete() -> bool:
-                got = {(f["symbol"], f["bar_time"]) for f in subscriber.forecasts()}
-                return all((s, iso_seconds(last_closed)) in got for s in SYMBOLS)
-
-            await wait_until(complete, 30, "every symbol's forecast of the last closed minute")
-            metrics = await scrape(streamer.ops.port)
-            watcher = streamer.serving.watcher
-            assert watcher is not None
-            refusals = dict(watcher.reload_failures_total)
+    async with publishing as (subscriber, server, streamer):
+        await wait_until(lambda: server.clock_ms() >= swap_at, 30, "minute 29:30")
+        publish_dir(registry, "v2", v2)
+        await wait_until(lambda: server.clock_ms() >= rollback_at, 30, "minute 36:30")
+        (registry / "current").write_text('{"version": "v1"}')  # roll back to contract 1
+        last_closed = await replay.forecast_to_the_end(server, subscriber)
+        metrics = await scrape(streamer.ops.port)
+        watcher = streamer.serving.watcher
+        assert watcher is not None
+        refusals = dict(watcher.reload_failures_total)
 
     forecasts = subscriber.forecasts()
     per_symbol: dict[str, list[dict[str, Any]]] = defaultdict(list)
@@ -136,7 +96,8 @@ async def test_a_contract_1_to_2_swap_and_back_misses_no_minute(
         per_symbol[payload["symbol"]].append(payload)
     # the window was warmed over REST: the first forecast is at the last backfilled minute,
     # then one at every minute close, none missing, none twice, across both swaps
-    expected_times = [iso_seconds(t) for t in range(start - MINUTE_MS, last_closed + 1, MINUTE_MS)]
+    first_forecast = replay.start - MINUTE_MS
+    expected_times = [iso_seconds(t) for t in range(first_forecast, last_closed + 1, MINUTE_MS)]
     for symbol in SYMBOLS:
         payloads = per_symbol[symbol]
         assert [p["bar_time"] for p in payloads] == expected_times, symbol

@@ -15,42 +15,39 @@ ports, joined by ``redis-cli --cluster create``.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-import redis.asyncio as aioredis
 from fixtures.models import build_model
 from redis.crc import key_slot
-from support.redis_topologies import Cluster, running_cluster
+from support.faults import replay_stored, stored_exactly_once
+from support.manifests import dated_manifest
+from support.redis_topologies import Cluster, kill_primary_under, running_cluster
 from support.streamer import (
     REPLAY_GRACE_MS,
-    REPLAY_SPEED,
-    closed_bars,
     comparable,
     expected_bars,
-    running,
-    settings_for,
+    plain_client,
+    replaying,
+    seed_bars,
+    stored_bars,
+    tardis_source,
 )
 from support.waits import wait_until
 
-from streamer.app import Streamer
 from streamer.core.contracts import registry as contract
-from streamer.core.contracts.redis_bars import bars_key, decode_bar, incomplete_key
+from streamer.core.contracts.redis_bars import bars_key, incomplete_key
 from streamer.core.redis_url import parse_redis_url
 from streamer.core.types import MINUTE_MS, Bar
 from streamer.io.model.registries import RedisRegistry as RegistryReader
 from streamer.io.redis_clients import async_client
 from streamer.io.store import RedisBarStore
 from streamer.io.store.packing import PackedConnection
-from streamer.replay.data import Source, bundled_trade_paths, load_source
-from streamer.replay.server import ReplayServer
 from trainer.data import HistoryStore
 from trainer.pipeline import pull_redis
-from trainer.registry import RedisRegistry, build_manifest, sha256_hex
+from trainer.registry import RedisRegistry, sha256_hex
 
 pytestmark = pytest.mark.integration
 
@@ -67,32 +64,8 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
         yield running
 
 
-def trade_sources(minutes: int) -> list[Source]:
-    path = next(p for p in bundled_trade_paths() if "tardis" in p.name)
-    sources = []
-    for symbol in SYMBOLS:
-        source = load_source(path, symbol)
-        sources.append(dataclasses.replace(source, klines=source.klines[:minutes]))
-    return sources
-
-
-def raw_client(cluster: Cluster) -> aioredis.RedisCluster:
-    """A plain redis-py cluster client, to read the keys as any outside reader would."""
-    nodes = [aioredis.cluster.ClusterNode("127.0.0.1", n.port) for n in cluster.nodes]
-    return aioredis.RedisCluster(startup_nodes=nodes)
-
-
 def window_slot(symbol: str) -> int:
     return key_slot(bars_key("binance", symbol, cluster=True).encode())
-
-
-async def cluster_bars(
-    client: aioredis.RedisCluster, exchange: str, symbol: str
-) -> tuple[list[Bar], set[int]]:
-    """What the cluster holds for a window, read key by key (the cluster layout)."""
-    raws = await client.lrange(bars_key(exchange, symbol, cluster=True), 0, -1)
-    marks = await client.zrange(incomplete_key(exchange, symbol, cluster=True), 0, -1)
-    return [decode_bar(exchange, symbol, raw) for raw in raws], {int(m) for m in marks}  # type: ignore[arg-type]
 
 
 def test_the_window_is_the_hash_tag_so_each_windows_keys_share_a_slot() -> None:
@@ -122,7 +95,7 @@ async def test_rounds_over_many_slots_are_written_repaired_restored_and_imported
         return Bar("binance", symbol, t, price, price + 2, price - 1, price + 1, 3.5, 7, complete)
 
     store = RedisBarStore.from_url(cluster.url, cap=4)
-    client = raw_client(cluster)
+    client = plain_client(cluster.url)  # reads each window key by key, in the cluster layout
     try:
         assert store.cluster
         # one round per minute, every symbol, minute 2 partial (a feed outage); each round twice,
@@ -137,7 +110,7 @@ async def test_rounds_over_many_slots_are_written_repaired_restored_and_imported
         assert {type(c) for n in primaries for c in n._connections} == {PackedConnection}
 
         expected = [bar("S007USDT", m, complete=m != 2) for m in range(1, minutes)]  # the cap
-        stored, marks = await cluster_bars(client, "binance", "S007USDT")
+        stored, marks = await stored_bars(client, "binance", "S007USDT")
         assert comparable(stored) == comparable(expected)
         assert marks == {t0 + 2 * MINUTE_MS}
         # a window's keys are the hash-tagged ones; the plain ones do not exist
@@ -148,7 +121,7 @@ async def test_rounds_over_many_slots_are_written_repaired_restored_and_imported
             restored = await store.load("binance", symbol, 10)
             assert comparable(restored) == comparable([bar(symbol, m) for m in range(1, minutes)])
             assert all(b.complete for b in restored)
-            assert (await cluster_bars(client, "binance", symbol))[1] == set()
+            assert (await stored_bars(client, "binance", symbol))[1] == set()
 
         # a round is one batch per primary: count what each connection sends
         sends: list[tuple[str, int]] = []
@@ -177,20 +150,6 @@ async def test_rounds_over_many_slots_are_written_repaired_restored_and_imported
         await client.aclose()
 
 
-def _manifest(n: int, data: bytes) -> dict[str, Any]:
-    manifest = build_manifest(
-        f"2023050{n}T000000Z-{sha256_hex(data)[:8]}",
-        data,
-        {"window": 10, "horizon": 3, "quantiles": [0.1, 0.5, 0.9], "interval_s": 60},
-        {"trained_at": f"2023-05-0{n}T00:00:00Z", "symbols": ["BTCUSDT"]},
-        {"mean": {"model": {"pinball_bps": 5.0 - n / 10}}},
-        "tickcast test",
-        None,
-    )
-    manifest["created_at"] = f"2023-05-0{n}T00:00:00.000000Z"
-    return manifest
-
-
 async def test_the_model_registry_publishes_promotes_and_announces_on_a_cluster(
     cluster: Cluster,
 ) -> None:
@@ -202,14 +161,14 @@ async def test_the_model_registry_publishes_promotes_and_announces_on_a_cluster(
         await wait_until(lambda: reader.subscribed, 10, "the reader to subscribe")
         wake.clear()
         models = {n: build_model(version=f"m{n}", window=10, horizon=3) for n in (1, 2, 3)}
-        v1 = writer.publish(models[1], _manifest(1, models[1]), promote=True)
+        v1 = writer.publish(models[1], dated_manifest(1, models[1], 10, 3), promote=True)
         assert await wait_until_set(wake), "no announcement of the promotion"
         assert await reader.current() == v1
         artifact = await reader.fetch(v1)
         assert artifact.data == models[1] and artifact.sha256 == sha256_hex(models[1])
 
-        v2 = writer.publish(models[2], _manifest(2, models[2]), promote=False)
-        v3 = writer.publish(models[3], _manifest(3, models[3]), promote=False)
+        v2 = writer.publish(models[2], dated_manifest(2, models[2], 10, 3), promote=False)
+        v3 = writer.publish(models[3], dated_manifest(3, models[3], 10, 3), promote=False)
         assert writer.manifest(v2)["parent_version"] == v1
         wake.clear()
         writer.promote(v3)
@@ -248,95 +207,42 @@ async def wait_until_set(event: asyncio.Event, timeout_s: float = 10.0) -> bool:
     return True
 
 
-async def stored_exactly_once(
-    client: aioredis.RedisCluster, sources: list[Source], end_ms: int
-) -> list[str]:
-    """Problems against the exchange side: every closed minute stored once, as aggregated."""
-    problems = []
-    for source in sources:
-        closed = closed_bars(source, end_ms, REPLAY_GRACE_MS)
-        bars, marks = await cluster_bars(client, "binance", source.symbol)
-        times = [b.open_time_ms for b in bars]
-        if times != sorted(set(times)):
-            problems.append(f"{source.symbol}: open times repeat or go back")
-        if comparable(bars[: len(closed)]) != comparable(closed):
-            problems.append(f"{source.symbol}: {len(bars)} stored, {len(closed)} closed differ")
-        if marks & {b.open_time_ms for b in closed}:
-            problems.append(f"{source.symbol}: closed minutes still marked incomplete")
-    return problems
-
-
 async def test_a_killed_primary_is_replaced_and_no_bar_is_lost_or_doubled(
     tmp_path: Path,
 ) -> None:
-    sources = trade_sources(50)
+    sources = [tardis_source(50, symbol) for symbol in SYMBOLS]
     first = sources[0].first_open_ms
     seeded = 10  # minutes a previous run left in the cluster: the streamer restores them
     start = first + seeded * MINUTE_MS
     with running_cluster(tmp_path / "cluster") as cluster:
-        client = raw_client(cluster)
-        seed = RedisBarStore.from_url(cluster.url)
-        await seed.write([b for s in sources for b in expected_bars(s)[:seeded]])
-        await seed.close()
+        client = plain_client(cluster.url)
+        await seed_bars(cluster.url, [b for s in sources for b in expected_bars(s)[:seeded]])
         victim = cluster.primary_of_slot(window_slot(VICTIM))
         replica = cluster.replica_of(victim)
         try:
-            async with ReplayServer(sources, speed=REPLAY_SPEED, start_ms=start) as server:
-                settings = settings_for(server, list(SYMBOLS), redis_url=cluster.url)
-                streamer = Streamer(settings, clock=server.clock_ms)
-                async with running(streamer):
-                    for source in sources:  # restored from the cluster, not fetched again
-                        window = streamer.windows.tail(("binance", source.symbol), 1000)
-                        assert comparable(window[:seeded]) == comparable(
-                            expected_bars(source)[:seeded]
-                        )
-                    assert streamer.metrics.backfill_bars.labels("binance")._value.get() == 0
+            async with replaying(sources, start, cluster.url) as (server, streamer):
+                for source in sources:  # restored from the cluster, not fetched again
+                    window = streamer.windows.tail(("binance", source.symbol), 1000)
+                    assert comparable(window[:seeded]) == comparable(expected_bars(source)[:seeded])
+                assert streamer.metrics.backfill_bars.labels("binance")._value.get() == 0
 
-                    async def victim_written() -> bool:
-                        bars, _ = await cluster_bars(client, "binance", VICTIM)
-                        return len(bars) >= seeded + 8
+                async def victim_written() -> bool:
+                    bars, _ = await stored_bars(client, "binance", VICTIM)
+                    return len(bars) >= seeded + 8
 
-                    await wait_until(victim_written, 20, "bars streamed into the cluster")
-                    writer = streamer.writer
-                    most_buffered = 0
-
-                    async def sample() -> None:
-                        nonlocal most_buffered
-                        while True:
-                            most_buffered = max(most_buffered, writer.buffered)
-                            await asyncio.sleep(0.01)
-
-                    sampler = asyncio.create_task(sample())
-                    killed_at = time.monotonic()
-                    victim.stop(kill=True)
-                    await wait_until(lambda: not writer.connected, 10, "the writer to notice")
-                    await wait_until(
-                        lambda: writer.connected and writer.buffered == 0,
-                        30,
-                        "the buffer to drain into the promoted replica",
-                    )
-                    without_writes = time.monotonic() - killed_at
-                    sampler.cancel()
-                    assert cluster.primary_of_slot(window_slot(VICTIM)) is replica
-                    assert most_buffered > 0
-                    await server.wait_finished()
-                    end = server.clock_ms()
-                    problems: list[str] = []
-
-                    async def all_stored() -> bool:
-                        nonlocal problems
-                        problems = await stored_exactly_once(client, sources, end)
-                        return not problems
-
-                    try:
-                        await wait_until(all_stored, 20, "every closed minute in the cluster")
-                    except AssertionError as timed_out:
-                        raise AssertionError(f"{timed_out}: {problems}") from None
-                assert writer.dropped_total == 0
-            assert await stored_exactly_once(client, sources, end) == []
+                await wait_until(victim_written, 20, "bars streamed into the cluster")
+                writer = streamer.writer
+                failover = await kill_primary_under(writer, lambda: victim.stop(kill=True))
+                assert cluster.primary_of_slot(window_slot(VICTIM)) is replica
+                assert failover.most_buffered > 0
+                end = await replay_stored(
+                    server, cluster.url, sources, "every closed minute in the cluster"
+                )
+            assert writer.dropped_total == 0
+            assert await stored_exactly_once(cluster.url, sources, end, REPLAY_GRACE_MS) == []
             print(
-                f"\ncluster failover: {without_writes:.1f} s without writes, "
-                f"{most_buffered} bars buffered at most, 0 lost, 0 doubled"
+                f"\ncluster failover: {failover.without_writes_s:.1f} s without writes, "
+                f"{failover.most_buffered} bars buffered at most, 0 lost, 0 doubled"
             )
         finally:
             await client.aclose()

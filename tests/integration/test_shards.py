@@ -21,7 +21,7 @@ minutes of replay time between the old owner's last forecast and the new owner's
 
 The Redis engine is a fixture parameter: one redis-server, and a Redis Cluster of 3 primaries
 and 3 replicas (``support.redis_topologies``, a ``redis+cluster://`` URL); Redis is read back
-with a plain redis-py client in the engine's key layout.
+with a plain redis-py client in the engine's key layout (``support.faults.stored_exactly_once``).
 """
 
 from __future__ import annotations
@@ -38,14 +38,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import redis.asyncio as aioredis
+from support.faults import stored_exactly_once, wait_stored_exactly_once
 from support.mqtt import Subscriber, subscribed
 from support.redis_topologies import running_cluster
 from support.servers import ServerProcess, free_port, redis_process, serve
 from support.streamer import (
     Samples,
-    closed_bars,
-    comparable,
     daemon,
     daemon_env,
     expected_bars,
@@ -59,9 +57,8 @@ from support.waits import wait_until
 
 from streamer.app import SHUTDOWN_TIMEOUT_S
 from streamer.core.contracts.mqtt import forecast_topic
-from streamer.core.contracts.redis_bars import bars_key, decode_bar, incomplete_key
 from streamer.core.timefmt import parse_iso_ms
-from streamer.core.types import MINUTE_MS, Bar, floor_minute
+from streamer.core.types import MINUTE_MS, floor_minute
 from streamer.replay.data import Source, bundled_kline_paths, load_source
 from streamer.replay.server import ReplayServer
 from streamer.replay.timeline import shift_kline
@@ -94,29 +91,10 @@ POD = "tickcast-streamer"
 
 @dataclasses.dataclass(frozen=True)
 class RedisEngine:
-    """What the shards are pointed at (``url``) and how the test reads it back."""
+    """What the shards are pointed at: a ``redis://`` or ``redis+cluster://`` URL."""
 
     kind: str
     url: str
-    cluster_ports: tuple[int, ...] = ()  # the nodes of a cluster
-
-    @property
-    def cluster(self) -> bool:
-        return bool(self.cluster_ports)
-
-    def client(self) -> Any:
-        """A plain redis-py client, reading as any outside reader would."""
-        if self.cluster:
-            nodes = [aioredis.cluster.ClusterNode("127.0.0.1", p) for p in self.cluster_ports]
-            return aioredis.RedisCluster(startup_nodes=nodes)
-        return aioredis.from_url(self.url)
-
-    async def bars(self, client: Any, symbol: str) -> tuple[list[Bar], set[int]]:
-        """A symbol's stored bars (decoded complete) and the open times marked incomplete, in
-        the key layout of this engine."""
-        raw = await client.lrange(bars_key("binance", symbol, cluster=self.cluster), 0, -1)
-        marks = await client.zrange(incomplete_key("binance", symbol, cluster=self.cluster), 0, -1)
-        return [decode_bar("binance", symbol, r) for r in raw], {int(m) for m in marks}
 
 
 REDIS_ENGINES = ["single", "cluster"]
@@ -129,10 +107,28 @@ def redis_engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Red
         if request.node.get_closest_marker("integration") is None:
             pytest.fail("a test that starts a Redis Cluster must be marked integration")
         with running_cluster(tmp_path / "cluster") as cluster:
-            yield RedisEngine("cluster", cluster.url, tuple(n.port for n in cluster.nodes))
+            yield RedisEngine("cluster", cluster.url)
         return
     for server in serve(request, redis_process(tmp_path)):
         yield RedisEngine("single", server.url)
+
+
+@dataclasses.dataclass(frozen=True)
+class Deployment:
+    """Where the shards run: the Redis engine and the broker they write to, the model file
+    they serve, and the directory of their logs."""
+
+    engine: RedisEngine
+    mosquitto: ServerProcess
+    model: Path
+    logs: Path
+
+
+@pytest.fixture
+def deployment(
+    redis_engine: RedisEngine, mosquitto_server: ServerProcess, tmp_path: Path
+) -> Deployment:
+    return Deployment(redis_engine, mosquitto_server, model_file(tmp_path), tmp_path)
 
 
 # --- the data ---------------------------------------------------------------------------------
@@ -270,41 +266,6 @@ async def check_metrics(group: list[Shard]) -> None:
 # --- what Redis and MQTT hold -----------------------------------------------------------------
 
 
-async def redis_problems(engine: RedisEngine, sources: list[Source], end_ms: int) -> list[str]:
-    """Every minute of every source closed by ``end_ms`` stored once, equal to the aggregator's
-    bar, not marked incomplete; an empty list when all is well."""
-    client = engine.client()
-    problems = []
-    try:
-        for source in sources:
-            closed = closed_bars(source, end_ms, GRACE_MS)
-            bars, marks = await engine.bars(client, source.symbol)
-            times = [b.open_time_ms for b in bars]
-            if times != sorted(set(times)):
-                problems.append(f"{source.symbol}: open times repeat or go back")
-            if comparable(bars[: len(closed)]) != comparable(closed):
-                problems.append(f"{source.symbol}: stored bars differ from the aggregator's")
-            if marks & {b.open_time_ms for b in closed}:
-                problems.append(f"{source.symbol}: closed minutes still marked incomplete")
-    finally:
-        await client.aclose()
-    return problems
-
-
-async def wait_redis(engine: RedisEngine, sources: list[Source], end_ms: int) -> None:
-    problems: list[str] = []
-
-    async def none_left() -> bool:
-        nonlocal problems
-        problems = await redis_problems(engine, sources, end_ms)
-        return not problems
-
-    try:
-        await wait_until(none_left, 30, "every closed minute in Redis once")
-    except AssertionError as timed_out:
-        raise AssertionError(f"{timed_out}: {problems}") from None
-
-
 def minutes(first_ms: int, last_ms: int) -> list[int]:
     return list(range(first_ms, last_ms + 1, MINUTE_MS))
 
@@ -330,81 +291,110 @@ def check_spread() -> None:
         assert {owner(s, count) for s in NAMES} == set(range(count)), count
 
 
+async def per_shard_totals(group: list[Shard], counter: str) -> list[float]:
+    """Each shard's ``counter`` on its ``/metrics``, summed over the labels."""
+    return [sum((await scrape(s.metrics_port))[counter].values()) for s in group]
+
+
+@dataclasses.dataclass(frozen=True)
+class ShardRun:
+    """The replay the shards of a deployment run on, and the subscriber that records their
+    forecasts."""
+
+    deployment: Deployment
+    sources: list[Source]
+    server: ReplayServer
+    sub: Subscriber
+
+    @property
+    def first_live(self) -> int:
+        """The first minute streamed live: the ones before it are in Redis at the start."""
+        return self.sources[0].first_open_ms + STREAM_FROM * MINUTE_MS
+
+    @property
+    def last(self) -> int:
+        """On the watermark clock the data's last minute never closes: the one before it."""
+        return self.sources[0].klines[-2].open_time_ms
+
+    @property
+    def end(self) -> int:
+        """The watermark once the replay has ended: its last trade, 45 s into the last minute."""
+        return self.sources[0].klines[-1].open_time_ms + 45_000
+
+    @property
+    def redis_url(self) -> str:
+        return self.deployment.engine.url
+
+    def shards(self, count: int) -> contextlib.AbstractAsyncContextManager[list[Shard]]:
+        d = self.deployment
+        return shards(count, self.server, d.engine, d.mosquitto.url, d.model, d.logs)
+
+    async def redis_problems(self) -> list[str]:
+        """``stored_exactly_once`` at the end: what is wrong in Redis, whatever the engine."""
+        return await stored_exactly_once(self.redis_url, self.sources, self.end, GRACE_MS)
+
+    async def finish(self, group: list[Shard]) -> None:
+        """Wait for the replay to end, for Redis to hold every closed minute once and for every
+        symbol's forecast of the last closed minute; then check the shards' ``/metrics``."""
+        await self.server.wait_finished()
+        await wait_stored_exactly_once(
+            self.redis_url,
+            self.sources,
+            self.end,
+            GRACE_MS,
+            30,
+            "every closed minute in Redis once",
+        )
+        await wait_until(
+            lambda: all(self.last in forecast_times(self.sub, s) for s in NAMES),
+            15,
+            "the last forecasts",
+        )
+        await check_metrics(group)
+
+
 @contextlib.asynccontextmanager
 async def three_shards_streaming(
-    engine: RedisEngine,
-    mosquitto: ServerProcess,
-    tmp_path: Path,
-    sources: list[Source],
-    model: Path,
-) -> AsyncIterator[tuple[Subscriber, ReplayServer, list[Shard]]]:
-    """Redis seeded, a subscriber, the replay and three shards started together on it."""
+    deployment: Deployment, minutes: int
+) -> AsyncIterator[tuple[ShardRun, list[Shard]]]:
+    """The first ``minutes`` of the sources, Redis seeded, a subscriber, the replay and three
+    shards started together on it."""
     check_spread()
-    await seed(engine, sources)
+    sources = shifted_sources(minutes)
+    await seed(deployment.engine, sources)
     start = sources[0].first_open_ms + STREAM_FROM * MINUTE_MS
     async with (
-        subscribed(mosquitto.port, ("tickcast/forecast/#",)) as sub,
+        subscribed(deployment.mosquitto.port, ("tickcast/forecast/#",)) as sub,
         ReplayServer(sources, speed=SPEED, start_ms=start) as server,
     ):
+        run = ShardRun(deployment, sources, server, sub)
         # refused until all three are up, so that none misses the first live minute
         server.refuse_connections(3600)
-        async with shards(3, server, engine, mosquitto.url, model, tmp_path) as group:
+        async with run.shards(3) as group:
             await wait_started(group)
             server.refuse_connections(0)
             await wait_ready(group)
-            yield sub, server, group
-
-
-def last_closed_minute(sources: list[Source]) -> int:
-    """On the watermark clock the data's last minute never closes: the one before it."""
-    return sources[0].klines[-2].open_time_ms
+            yield run, group
 
 
 @pytest.mark.timeout(180)
-async def test_three_shards_split_the_symbols(
-    redis_engine: RedisEngine, mosquitto_server: ServerProcess, tmp_path: Path
-) -> None:
-    sources = shifted_sources(STREAM_FROM + 8)
-    first_live = sources[0].first_open_ms + STREAM_FROM * MINUTE_MS
-    last = last_closed_minute(sources)
-    model = model_file(tmp_path)
-    async with three_shards_streaming(redis_engine, mosquitto_server, tmp_path, sources, model) as (
-        sub,
-        server,
-        group,
-    ):
-        await server.wait_finished()
-        end = sources[0].klines[-1].open_time_ms + 45_000
-        await wait_redis(redis_engine, sources, end)
-        await wait_until(
-            lambda: all(last in forecast_times(sub, s) for s in NAMES), 15, "the last forecasts"
-        )
-        await check_metrics(group)
-        published = 0.0
-        for shard in group:
-            samples = await scrape(shard.metrics_port)
-            published += sum(samples["tickcast_forecasts_published_total"].values())
+async def test_three_shards_split_the_symbols(deployment: Deployment) -> None:
+    async with three_shards_streaming(deployment, STREAM_FROM + 8) as (run, group):
+        await run.finish(group)
+        published = sum(await per_shard_totals(group, "tickcast_forecasts_published_total"))
         await stop(group)
 
-    assert await redis_problems(redis_engine, sources, end) == []
+    assert await run.redis_problems() == []
     for symbol in NAMES:
-        assert forecast_times(sub, symbol) == minutes(first_live, last), symbol
-    assert published == len(NAMES) * len(minutes(first_live, last))
+        assert forecast_times(run.sub, symbol) == minutes(run.first_live, run.last), symbol
+    assert published == len(NAMES) * len(minutes(run.first_live, run.last))
 
 
 @pytest.mark.timeout(300)
-async def test_resharding_three_to_four_while_the_replay_runs(
-    redis_engine: RedisEngine, mosquitto_server: ServerProcess, tmp_path: Path
-) -> None:
-    sources = shifted_sources(STREAM_FROM + 22)
-    first_live = sources[0].first_open_ms + STREAM_FROM * MINUTE_MS
-    last = last_closed_minute(sources)
-    model = model_file(tmp_path)
-    async with three_shards_streaming(redis_engine, mosquitto_server, tmp_path, sources, model) as (
-        sub,
-        server,
-        old,
-    ):
+async def test_resharding_three_to_four_while_the_replay_runs(deployment: Deployment) -> None:
+    async with three_shards_streaming(deployment, STREAM_FROM + 22) as (run, old):
+        sub, server, first_live, last = run.sub, run.server, run.first_live, run.last
+
         # stop mid-minute, once every symbol's forecast of the minute before is out
         def mid_minute_all_forecast() -> bool:
             now = server.clock_ms()
@@ -426,26 +416,15 @@ async def test_resharding_three_to_four_while_the_replay_runs(
             lambda: server.clock_ms() >= stopped_in + DOWN_MINUTES * MINUTE_MS, 30, "downtime"
         )
 
-        async with shards(4, server, redis_engine, mosquitto_server.url, model, tmp_path) as new:
+        async with run.shards(4) as new:
             await wait_ready(new)
             ready_minute = floor_minute(server.clock_ms())
             assert ready_minute < last, "the replay ended before the new shards were up"
-            await server.wait_finished()
-            end = sources[0].klines[-1].open_time_ms + 45_000
-            await wait_redis(redis_engine, sources, end)
-            await wait_until(
-                lambda: all(last in forecast_times(sub, s) for s in NAMES),
-                15,
-                "the last forecasts",
-            )
-            await check_metrics(new)
-            backfilled = []
-            for shard in new:
-                samples = await scrape(shard.metrics_port)
-                backfilled.append(sum(samples["tickcast_backfill_bars_total"].values()))
+            await run.finish(new)
+            backfilled = await per_shard_totals(new, "tickcast_backfill_bars_total")
             await stop(new)
 
-    assert await redis_problems(redis_engine, sources, end) == []
+    assert await run.redis_problems() == []
     assert all(n > 0 for n in backfilled), backfilled  # every new owner filled its gap
     gaps = {}
     for symbol in NAMES:
@@ -462,7 +441,7 @@ async def test_resharding_three_to_four_while_the_replay_runs(
         assert after == minutes(after[0], last), symbol
         gaps[symbol] = (after[0] - old_last[symbol]) // MINUTE_MS - 1
     print(
-        f"\nresharding 3 -> 4 ({redis_engine.kind} Redis): stopped in minute "
+        f"\nresharding 3 -> 4 ({deployment.engine.kind} Redis): stopped in minute "
         f"{(stopped_in - first_live) // MINUTE_MS} of the live replay; minutes without a "
         f"forecast between the old owner's last and the new owner's first: {gaps}; "
         f"bars backfilled per new shard: {backfilled}"

@@ -301,11 +301,11 @@ class ListeningOkx(OkxDialect):
 
 
 class QuickKeepaliveOkx(OkxSpot):
-    keepalive_interval_s = KEEPALIVE_S
+    rules = dataclasses.replace(OkxSpot.rules, keepalive_interval_s=KEEPALIVE_S)
 
 
 class NoKeepaliveOkx(OkxSpot):
-    keepalive_message = None
+    rules = dataclasses.replace(OkxSpot.rules, keepalive_message=None)
 
 
 def quiet_okx_source() -> Source:

@@ -10,8 +10,6 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-import redis.asyncio as aioredis
-
 from streamer.app import Streamer
 from streamer.core.types import MINUTE_MS, Forecast
 from streamer.io.sinks import DiscardSink
@@ -19,12 +17,12 @@ from streamer.replay.data import Source
 from streamer.replay.server import Faults, ReplayServer
 from support.streamer import (
     REPLAY_GRACE_MS,
-    REPLAY_SPEED,
     SYMBOLS,
+    KlineReplay,
     closed_bars,
     comparable,
-    kline_sources,
     last_closed_minute,
+    plain_client,
     replay_streamer,
     running,
     stored_bars,
@@ -48,12 +46,15 @@ class RecordingSink(DiscardSink):
 
 
 async def stored_exactly_once(
-    redis_url: str, sources: list[Source], end_ms: int, grace_ms: int
+    redis_url: str, sources: list[Source], end_ms: int, grace_ms: int = REPLAY_GRACE_MS
 ) -> list[str]:
     """Problems with Redis against the exchange side: every closed minute of every source
     must be stored once (open times strictly increasing), equal to the exchange's bar and not
-    marked incomplete. An empty list means all is well."""
-    client = aioredis.from_url(redis_url)
+    marked incomplete. An empty list means all is well.
+
+    ``redis_url``: one server (``redis://``) or a cluster (``redis+cluster://``), read in its
+    key layout; the sources may be written by one streamer or by several shards."""
+    client = plain_client(redis_url)
     problems: list[str] = []
     try:
         for source in sources:
@@ -128,23 +129,14 @@ async def replay_stored(
     return end
 
 
-class FaultRun:
+class FaultRun(KlineReplay):
     """The first ``minutes`` of the bundled klines of every symbol of ``SYMBOLS``, replayed
     from minute ``STREAM_FROM`` on into an in-process streamer on the replay clock, real Redis,
     its forecasts recorded by ``sink``; ``check`` makes the two closing checks."""
 
     def __init__(self, minutes: int) -> None:
-        self.sources = kline_sources(minutes)
-        self.first = self.sources[0].first_open_ms
-        self.start = self.at(STREAM_FROM)
+        super().__init__(minutes, STREAM_FROM)
         self.sink = RecordingSink()
-
-    def at(self, minute: int, ms: int = 0) -> int:
-        """Replay time ``ms`` into ``minute`` of the data."""
-        return self.first + minute * MINUTE_MS + ms
-
-    def server(self, faults: Faults | None = None) -> ReplayServer:
-        return ReplayServer(self.sources, speed=REPLAY_SPEED, start_ms=self.start, faults=faults)
 
     @contextlib.asynccontextmanager
     async def streaming(
@@ -156,6 +148,21 @@ class FaultRun:
         )
         async with running(streamer):
             yield streamer
+
+    @contextlib.asynccontextmanager
+    async def replaying(
+        self,
+        redis_url: str,
+        model_registry: Path,
+        faults: Faults | None = None,
+        **overrides: Any,
+    ) -> AsyncIterator[tuple[ReplayServer, Streamer]]:
+        """``server(faults)`` and the streamer ``streaming`` on it."""
+        async with (
+            self.server(faults) as server,
+            self.streaming(server, redis_url, model_registry, **overrides) as streamer,
+        ):
+            yield server, streamer
 
     async def finish(
         self, server: ReplayServer, redis_url: str, what: str = "every closed minute in Redis"

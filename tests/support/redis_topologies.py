@@ -2,19 +2,25 @@
 3 sentinels) of ``redis-server`` processes on free loopback ports, for the failover tests.
 
 Failure detection is tuned down (node timeout and down-after 1 s) so that a killed primary is
-replaced within seconds. Nothing is persisted: every node starts empty.
+replaced within seconds. Nothing is persisted: every node starts empty. ``kill_primary_under``
+kills a primary under a streamer's writer and measures how the writer went through it.
 """
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import subprocess
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
+from streamer.io.store.writer import BufferedBarWriter
 from support.servers import ServerProcess, require
+from support.waits import wait_until
 
 NODE_TIMEOUT_MS = 1000
 MASTER_NAME = "tickcast"
@@ -248,21 +254,56 @@ class SentinelGroup:
             server.stop(kill=True)
 
 
-@contextmanager
-def running_cluster(data_dir: Path) -> Iterator[Cluster]:
-    cluster = Cluster(data_dir)
-    try:
-        cluster.start()
-        yield cluster
-    finally:
-        cluster.stop()
+Topology = TypeVar("Topology", Cluster, SentinelGroup)
 
 
 @contextmanager
-def running_sentinels(data_dir: Path) -> Iterator[SentinelGroup]:
-    group = SentinelGroup(data_dir)
+def started(topology: Topology) -> Iterator[Topology]:
+    """``topology`` started, and stopped (every process killed) on exit."""
     try:
-        group.start()
-        yield group
+        topology.start()
+        yield topology
     finally:
-        group.stop()
+        topology.stop()
+
+
+def running_cluster(data_dir: Path) -> AbstractContextManager[Cluster]:
+    return started(Cluster(data_dir))
+
+
+def running_sentinels(data_dir: Path) -> AbstractContextManager[SentinelGroup]:
+    return started(SentinelGroup(data_dir))
+
+
+@dataclass(frozen=True)
+class Failover:
+    """How a writer went through the loss of its primary."""
+
+    without_writes_s: float  # from the kill until the buffer had drained into the new primary
+    most_buffered: int  # the most bars the writer held meanwhile
+
+
+async def kill_primary_under(writer: BufferedBarWriter, kill: Callable[[], None]) -> Failover:
+    """``kill`` the primary under a running ``writer``, then wait for the writer to notice and
+    for its buffer to drain into the promoted replica."""
+    most_buffered = 0
+
+    async def sample() -> None:
+        nonlocal most_buffered
+        while True:
+            most_buffered = max(most_buffered, writer.buffered)
+            await asyncio.sleep(0.01)
+
+    sampler = asyncio.create_task(sample())
+    try:
+        killed_at = time.monotonic()
+        kill()
+        await wait_until(lambda: not writer.connected, 10, "the writer to notice")
+        await wait_until(
+            lambda: writer.connected and writer.buffered == 0,
+            30,
+            "the buffer to drain into the promoted replica",
+        )
+        return Failover(time.monotonic() - killed_at, most_buffered)
+    finally:
+        sampler.cancel()

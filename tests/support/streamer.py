@@ -14,12 +14,13 @@ import json
 import sys
 from collections import defaultdict
 from collections.abc import AsyncIterator, Iterable, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, cast
 
 import aiohttp
 import redis.asyncio as aioredis
-from fixtures.models import build_model, publish_dir
+from fixtures.models import build_model, build_model_v2, publish_dir
 from prometheus_client.parser import text_string_to_metric_families
 
 from streamer.app import Streamer
@@ -32,7 +33,8 @@ from streamer.replay.data import Source, bundled_kline_paths, bundled_trade_path
 from streamer.replay.server import Faults, ReplayServer
 from streamer.settings import Settings, load_settings
 from support.cli import bare_env
-from support.servers import REPO
+from support.mqtt import Subscriber, subscribed
+from support.servers import REPO, ServerProcess
 from support.waits import wait_until
 
 # The streamer's clock is the replay clock, i.e. data time of what the server has *sent*; the
@@ -56,10 +58,10 @@ def kline_source(symbol: str, minutes: int | None = None) -> Source:
     return full if minutes is None else dataclasses.replace(full, klines=full.klines[:minutes])
 
 
-def tardis_source(minutes: int) -> Source:
+def tardis_source(minutes: int, symbol: str = "BTCUSDT") -> Source:
     """The first ``minutes`` of the densest real trade recording: tardis.dev's Binance USD-M
-    BTCUSDT trades (about 80 a minute), as BTCUSDT."""
-    full = load_source(next(p for p in bundled_trade_paths() if "tardis" in p.name), "BTCUSDT")
+    BTCUSDT trades (about 80 a minute), under the name ``symbol``."""
+    full = load_source(next(p for p in bundled_trade_paths() if "tardis" in p.name), symbol)
     return dataclasses.replace(full, klines=full.klines[:minutes])
 
 
@@ -120,11 +122,24 @@ def model_file(directory: Path, version: str = "v1") -> Path:
     return model
 
 
-def model_registry(directory: Path, version: str = "v1") -> Path:
-    """The fixture model (``WINDOW``, ``HORIZON``) published in a directory registry."""
+def model_registry(directory: Path, version: str = "v1", model: bytes | None = None) -> Path:
+    """A directory registry serving ``model`` as ``version``; by default the fixture model
+    (``WINDOW``, ``HORIZON``)."""
     registry = directory / "registry"
-    publish_dir(registry, version, build_model(version=version, window=WINDOW, horizon=HORIZON))
+    if model is None:
+        model = build_model(version=version, window=WINDOW, horizon=HORIZON)
+    publish_dir(registry, version, model)
     return registry
+
+
+def fresh_model(
+    version: str, window: int, horizon: int, contract: int = 1, **options: Any
+) -> bytes:
+    """The fixture model of ``contract`` trained now, so that its forecasts are not stale
+    (``options``: more arguments of ``build_model``/``build_model_v2``)."""
+    trained_at = datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+    build = build_model_v2 if contract == 2 else build_model
+    return build(version=version, window=window, horizon=horizon, trained_at=trained_at, **options)
 
 
 # --- a Streamer in this process -------------------------------------------------------------
@@ -172,17 +187,82 @@ async def running(streamer: Streamer) -> AsyncIterator[asyncio.Task[None]]:
 
 @contextlib.asynccontextmanager
 async def replaying(
-    source: Source, start_ms: int, redis_url: str, faults: Faults | None = None
+    sources: Source | Sequence[Source],
+    start_ms: int,
+    redis_url: str,
+    faults: Faults | None = None,
 ) -> AsyncIterator[tuple[ReplayServer, Streamer]]:
-    """``source`` replayed from ``start_ms`` on into a running streamer of its one symbol,
-    storing into Redis; the streamer stops in order on exit."""
+    """``sources`` (one or several) replayed from ``start_ms`` on into a running streamer of
+    their symbols, storing into Redis; the streamer stops in order on exit."""
+    replayed = [sources] if isinstance(sources, Source) else list(sources)
     async with ReplayServer(
-        [source], speed=REPLAY_SPEED, start_ms=start_ms, faults=faults
+        replayed, speed=REPLAY_SPEED, start_ms=start_ms, faults=faults
     ) as server:
-        settings = settings_for(server, [source.symbol], redis_url=redis_url)
+        settings = settings_for(server, [s.symbol for s in replayed], redis_url=redis_url)
         streamer = Streamer(settings, clock=server.clock_ms)
         async with running(streamer):
             yield server, streamer
+
+
+class KlineReplay:
+    """The first ``minutes`` of the bundled klines of every symbol of ``SYMBOLS``, replayed from
+    minute ``stream_from`` on: a streamer backfills the minutes before over REST."""
+
+    def __init__(self, minutes: int, stream_from: int) -> None:
+        self.sources = kline_sources(minutes)
+        self.first = self.sources[0].first_open_ms
+        self.start = self.at(stream_from)
+
+    def at(self, minute: int, ms: int = 0) -> int:
+        """Replay time ``ms`` into ``minute`` of the data."""
+        return self.first + minute * MINUTE_MS + ms
+
+    def server(self, faults: Faults | None = None, speed: float = REPLAY_SPEED) -> ReplayServer:
+        return ReplayServer(self.sources, speed=speed, start_ms=self.start, faults=faults)
+
+    def last_closed(self, end_ms: int) -> int:
+        """The newest minute closed (with ``REPLAY_GRACE_MS``) by replay time ``end_ms``."""
+        return last_closed_minute(self.first, end_ms, REPLAY_GRACE_MS)
+
+    @contextlib.asynccontextmanager
+    async def publishing(
+        self,
+        redis: ServerProcess,
+        mosquitto: ServerProcess,
+        registry: Path,
+        speed: float = REPLAY_SPEED,
+        **overrides: Any,
+    ) -> AsyncIterator[tuple[Subscriber, ReplayServer, Streamer]]:
+        """A subscriber to everything on ``mosquitto``, the replay, and a streamer on it
+        storing into ``redis``, publishing to ``mosquitto``, serving the models of the directory
+        ``registry`` (``overrides``: more settings). On exit the streamer stops in order, and
+        the subscriber must then receive its ``offline`` status."""
+        async with subscribed(mosquitto.port) as subscriber, self.server(speed=speed) as server:
+            streamer = replay_streamer(
+                server,
+                redis_url=redis.url,
+                mqtt_url=mosquitto.url,
+                model_registry=str(registry),
+                **overrides,
+            )
+            async with running(streamer):
+                yield subscriber, server, streamer
+            await wait_until(
+                lambda: subscriber.status()[-1:] == [b"offline"], 5, "offline at the stop"
+            )
+
+    async def forecast_to_the_end(self, server: ReplayServer, subscriber: Subscriber) -> int:
+        """Wait for the replay to end (its clock stops at the end of the data), then for every
+        symbol's forecast of the last minute closed by then; that minute's open time."""
+        async with asyncio.timeout(60):
+            await server.wait_finished()
+        last_closed = self.last_closed(server.clock_ms())
+        await wait_until(
+            lambda: subscriber.has_forecasts_of(last_closed, SYMBOLS),
+            30,
+            "every symbol's forecast of the last closed minute",
+        )
+        return last_closed
 
 
 # --- a ``python -m streamer run`` process ---------------------------------------------------
@@ -230,20 +310,37 @@ def log_tail(log: Path) -> str:
 # --- Redis ------------------------------------------------------------------------------------
 
 
+CLUSTER_SCHEME = "redis+cluster://"
+
+PlainClient = aioredis.Redis | aioredis.RedisCluster
+
+
+def plain_client(redis_url: str) -> PlainClient:
+    """A plain redis-py client, to read Redis as any outside reader would: of a ``redis://``
+    URL, or a cluster client with every node of a ``redis+cluster://`` one as a startup node."""
+    if not redis_url.startswith(CLUSTER_SCHEME):
+        return aioredis.from_url(redis_url)
+    hosts = redis_url.removeprefix(CLUSTER_SCHEME).split("/", 1)[0].split(",")
+    addresses = [host.rsplit(":", 1) for host in hosts]
+    nodes = [aioredis.cluster.ClusterNode(name, int(port)) for name, port in addresses]
+    return aioredis.RedisCluster(startup_nodes=nodes)
+
+
 async def stored_bars(
-    client: aioredis.Redis, exchange: str, symbol: str
+    client: PlainClient, exchange: str, symbol: str
 ) -> tuple[list[Bar], set[int]]:
     """The bars Redis holds for a symbol (decoded complete) and the open times marked
-    incomplete."""
-    raw = await client.lrange(bars_key(exchange, symbol), 0, -1)
-    members = await client.zrange(incomplete_key(exchange, symbol), 0, -1)
+    incomplete, in the key layout of the client's engine (a cluster's keys have a hash tag)."""
+    cluster = isinstance(client, aioredis.RedisCluster)
+    raw = await client.lrange(bars_key(exchange, symbol, cluster=cluster), 0, -1)
+    members = await client.zrange(incomplete_key(exchange, symbol, cluster=cluster), 0, -1)
     marks = {int(cast(bytes, m)) for m in members}
     return [decode_bar(exchange, symbol, r) for r in raw], marks
 
 
 async def read_bars(redis_url: str, exchange: str, symbol: str) -> tuple[list[Bar], set[int]]:
-    """``stored_bars`` over a connection of its own."""
-    client = aioredis.from_url(redis_url)
+    """``stored_bars`` over a connection of its own (any URL ``plain_client`` takes)."""
+    client = plain_client(redis_url)
     try:
         return await stored_bars(client, exchange, symbol)
     finally:

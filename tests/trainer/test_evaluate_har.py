@@ -8,14 +8,13 @@ scored on 2023-04-24 (one day), the bundled default model as the model.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
+from support.trainer_data import EVAL, FIT, MIN, REPO, SYMBOLS, both_series
 
-from trainer.data import read_csv_bars
-from trainer.dataset import Series, Split, parse_iso_ms, valid_origins
+from trainer.dataset import Series, Split, valid_origins
 from trainer.evaluate import (
     BASELINES,
     EvalData,
@@ -27,23 +26,12 @@ from trainer.evaluate import (
 )
 from trainer.har import HarBand, within
 
-REPO = Path(__file__).resolve().parents[2]
-DATA = REPO / "models" / "data"
 MODEL = REPO / "models" / "default" / "model.onnx"
-MIN = 60_000
-FIT = Split("fit", parse_iso_ms("2023-03-17"), parse_iso_ms("2023-04-17"))
-EVAL = Split("eval", parse_iso_ms("2023-04-24"), parse_iso_ms("2023-04-25"))
-SYMBOLS = ("BTCUSDT", "ETHUSDT")
-
-
-def _series(symbol: str) -> Series:
-    bars = read_csv_bars(DATA / f"{symbol}_1m_20230316_20230501.csv.gz").bars
-    return Series.from_table("binance", symbol, MIN, bars)
 
 
 @pytest.fixture(scope="module")
 def series() -> list[Series]:
-    return [_series(s) for s in SYMBOLS]
+    return both_series()
 
 
 @pytest.fixture(scope="module")

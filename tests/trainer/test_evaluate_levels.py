@@ -16,10 +16,9 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from support.trainer_data import EVAL, FIT, both_series, exported
 
-from streamer.core.contracts import model as contract
-from trainer.data import read_csv_bars
-from trainer.dataset import Series, Split, future_closes, parse_iso_ms, valid_origins
+from trainer.dataset import Series, future_closes, valid_origins
 from trainer.evaluate import (
     EvalData,
     OnnxForecaster,
@@ -28,42 +27,21 @@ from trainer.evaluate import (
     plot_all,
     quality_targets,
 )
-from trainer.export import attach_metadata, export_onnx, make_version
 from trainer.model import ModelConfig, QuantileLSTM
 from trainer.registry import gate, gate_figures
 
-REPO = Path(__file__).resolve().parents[2]
-DATA = REPO / "models" / "data"
-MIN = 60_000
-FIT = Split("fit", parse_iso_ms("2023-03-17"), parse_iso_ms("2023-04-17"))
-EVAL = Split("eval", parse_iso_ms("2023-04-24"), parse_iso_ms("2023-04-25"))
 SEVEN = (0.05, 0.1, 0.25, 0.5, 0.75, 0.9, 0.95)
 THREE = (0.1, 0.5, 0.9)
 
 
-def _series(symbol: str) -> Series:
-    bars = read_csv_bars(DATA / f"{symbol}_1m_20230316_20230501.csv.gz").bars
-    return Series.from_table("binance", symbol, MIN, bars.between(FIT.start_ms, EVAL.end_ms))
-
-
 def _untrained(levels: tuple[float, ...]) -> OnnxForecaster:
     torch.manual_seed(0)
-    raw = export_onnx(QuantileLSTM(ModelConfig(quantiles=levels, hidden=8)).eval())
-    spec = contract.ModelSpec(
-        window=60,
-        horizon=15,
-        interval_s=60,
-        quantiles=levels,
-        version=make_version(raw),
-        trained={},
-        metrics={},
-    )
-    return OnnxForecaster(attach_metadata(raw, spec))
+    return OnnxForecaster(exported(QuantileLSTM(ModelConfig(quantiles=levels, hidden=8)), {}))
 
 
 @pytest.fixture(scope="module")
 def series() -> list[Series]:
-    return [_series("BTCUSDT"), _series("ETHUSDT")]
+    return both_series(FIT.start_ms, EVAL.end_ms)
 
 
 @pytest.fixture(scope="module")

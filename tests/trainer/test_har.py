@@ -9,19 +9,14 @@ on 2023-04-17 .. 05-01 with the origins ``trainer.evaluate`` uses (a gap-free 60
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
+from support.trainer_data import MIN, both_series
 
-from trainer.data import read_csv_bars
 from trainer.dataset import Series, Split, future_closes, parse_iso_ms, valid_origins
 from trainer.evaluate import baseline_forecasts, ewma_sigma, horizon_metrics
 from trainer.har import HarBand, fit_seasonality
 
-REPO = Path(__file__).resolve().parents[2]
-DATA = REPO / "models" / "data"
-MIN = 60_000
 FIT = Split("fit", parse_iso_ms("2023-03-17"), parse_iso_ms("2023-04-16"))
 TEST = Split("test", parse_iso_ms("2023-04-17"), parse_iso_ms("2023-05-02"))
 WINDOW, HORIZON = 60, 15
@@ -29,25 +24,9 @@ LEVELS = (0.05, 0.1, 0.25, 0.5, 0.75, 0.9, 0.95)
 GAP_END = parse_iso_ms("2023-03-24T14:00:00Z")  # first bar after the 80 missing minutes
 
 
-def _series(symbol: str) -> Series:
-    bars = read_csv_bars(DATA / f"{symbol}_1m_20230316_20230501.csv.gz").bars
-    return Series.from_table("binance", symbol, MIN, bars)
-
-
-def _slice(series: Series, rows: slice | np.ndarray) -> Series:
-    return Series(
-        series.exchange,
-        series.symbol,
-        MIN,
-        series.open_time_ms[rows],
-        series.bars[rows],
-        series.close[rows],
-    )
-
-
 @pytest.fixture(scope="module")
 def series() -> list[Series]:
-    return [_series("BTCUSDT"), _series("ETHUSDT")]
+    return both_series()
 
 
 @pytest.fixture(scope="module")
@@ -112,7 +91,7 @@ def test_the_band_widens_ahead_of_the_burst(series: list[Series], band: HarBand)
 
 def test_fitted_on_the_fit_range_only(series: list[Series], band: HarBand) -> None:
     inside = [
-        _slice(s, (s.open_time_ms >= FIT.start_ms) & (s.open_time_ms < FIT.end_ms)) for s in series
+        s.rows((s.open_time_ms >= FIT.start_ms) & (s.open_time_ms < FIT.end_ms)) for s in series
     ]
     again = HarBand.fit(inside, FIT, HORIZON)
     assert np.array_equal(again.coef, band.coef)
@@ -138,7 +117,7 @@ def test_forecasts_use_the_past_only_and_no_window_spans_the_gap(
     after = int(np.searchsorted(btc.open_time_ms, GAP_END))
     assert btc.open_time_ms[after] == GAP_END and btc.open_time_ms[after - 1] < GAP_END - MIN
     post = origins[(origins >= after) & (origins < after + 300)]
-    cut = _slice(btc, slice(after, None))
+    cut = btc.rows(slice(after, None))
     assert np.allclose(band.sigma(cut, post - after, HORIZON), band.sigma(btc, post, HORIZON))
 
 

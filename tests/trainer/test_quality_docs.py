@@ -11,17 +11,11 @@ from typing import Any
 
 import pytest
 
+from trainer.evaluate import TARGET_CHECKS
+
 REPO = Path(__file__).resolve().parents[2]
 REPORT = REPO / "models" / "default" / "report.json"
 TARGET_CELLS = {(s, h) for s in ("BTCUSDT", "ETHUSDT") for h in (1, 5, 15)}
-CHECKS = (
-    ("pinball_ok", "pinball vs EWMA"),
-    ("pinball_har_ok", "pinball vs HAR"),
-    ("skill_ok", "skill"),
-    ("dir_ok", "direction"),
-    ("coverage_ok", "coverage"),
-    ("levels_ok", "other levels"),
-)
 
 
 def _pct(value: float) -> str:
@@ -48,6 +42,7 @@ def _cells(row: dict[str, Any]) -> dict[str, str]:
 
 
 def _target_cells(t: dict[str, Any]) -> dict[str, str]:
+    unmet = [label for k, label in TARGET_CHECKS if t[k] is False]
     return {
         "pinball / EWMA (≤ 0.97)": f"{t['pinball_ratio_ewma']:.3f} {_verdict(t['pinball_ok'])}",
         "pinball / HAR (≤ 0.99)": f"{t['pinball_ratio_har']:.3f} {_verdict(t['pinball_har_ok'])}",
@@ -59,7 +54,7 @@ def _target_cells(t: dict[str, Any]) -> dict[str, str]:
         "worst other level (± 1.5 pt)": f"{_gap(t)} {_verdict(t['levels_ok'])}",
         "worst other level": _gap(t),
         "all met": "yes" if t["met"] else "no",
-        "targets not met": ", ".join(label for k, label in CHECKS if t[k] is False) or "none",
+        "targets not met": ", ".join(unmet) or "none",
     }
 
 

@@ -8,51 +8,17 @@ import threading
 from pathlib import Path
 
 import pytest
+from support.trainer_data import FIXTURES, REPO, minutes_file, training_config
 
 from trainer.cli import build_parser, main
 from trainer.pipeline import ConfigError, load_config, run_training
 from trainer.registry import DirectoryRegistry
 from trainer.schedule import run_every
 
-REPO = Path(__file__).resolve().parents[2]
-FIXTURES = REPO / "tests" / "fixtures" / "trainer"
-DATA = REPO / "models" / "data"
 
-TINY_MINUTES = """
-[data]
-store = "history"
-symbols = ["binance:BTCUSDT", "binance:ETHUSDT"]
-start = "2023-04-19T00:00:00Z"
-end = "2023-04-24T00:00:00Z"
-
-[[data.import]]
-exchange = "binance"
-symbol = "BTCUSDT"
-path = "{data}/BTCUSDT_1m_20230316_20230501.csv.gz"
-
-[[data.import]]
-exchange = "binance"
-symbol = "ETHUSDT"
-path = "{data}/ETHUSDT_1m_20230316_20230501.csv.gz"
-
-[split]
-train_end = "2023-04-22T00:00:00Z"
-val_end = "2023-04-23T00:00:00Z"
-
-[model]
-hidden = 8
-
-[train]
-batch_size = 256
-max_epochs = 2
-samples_per_epoch = 1024
-val_samples = 1000
-seed = {seed}
-
-[report]
-plot_series = "binance:ETHUSDT"
-plot_hours = 1
-"""
+def tiny_minutes(seed: int) -> str:
+    """A run of two epochs on a small model, fast enough for a test."""
+    return training_config("hidden = 8", f"max_epochs = 2\nval_samples = 1000\nseed = {seed}")
 
 
 def _run(argv: list[str]) -> int:
@@ -61,9 +27,9 @@ def _run(argv: list[str]) -> int:
     return int(exc.value.code or 0)
 
 
-def _config(tmp_path: Path, seed: int = 7, text: str = TINY_MINUTES) -> Path:
+def _config(tmp_path: Path, seed: int = 7, extra: str = "") -> Path:
     path = tmp_path / f"train-{seed}.toml"
-    path.write_text(text.format(data=DATA, seed=seed))
+    path.write_text(tiny_minutes(seed) + extra)
     return path
 
 
@@ -107,10 +73,10 @@ def test_import_command_reports_bad_rows_with_file_and_line(
 
 
 def test_config_errors_name_the_key(tmp_path: Path) -> None:
-    path = _config(tmp_path, text=TINY_MINUTES + "\n[model.extra]\n")
+    path = _config(tmp_path, extra="\n[model.extra]\n")
     with pytest.raises(ConfigError, match=r"\[model\] unknown key\(s\): extra"):
         load_config(path)
-    path.write_text(TINY_MINUTES.format(data=DATA, seed=7).replace("hidden = 8", "hiden = 8"))
+    path.write_text(tiny_minutes(7).replace("hidden = 8", "hiden = 8"))
     with pytest.raises(ConfigError, match="hiden"):
         load_config(path)
 
@@ -279,7 +245,7 @@ def test_rolling_splits_for_scheduled_retraining(tmp_path: Path) -> None:
     from trainer.pipeline import make_splits
 
     cfg = load_config(REPO / "models" / "retrain.toml", store_override=tmp_path)
-    bars = read_csv_bars(DATA / "BTCUSDT_1m_20230316_20230501.csv.gz").bars
+    bars = read_csv_bars(minutes_file("BTCUSDT")).bars
     series = [Series.from_table("binance", "BTCUSDT", 60_000, bars)]
     train, val, test = make_splits(series, cfg)
     day, embargo = 86_400_000, (60 + 15) * 60_000

@@ -17,31 +17,19 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 import torch
+from support.trainer_data import REPO, TRAIN, both_series, exported, training_config
 from torch import nn
 
 from streamer.core.contracts import model as contract
 from streamer.io.model import load_model
 from trainer.cli import main
-from trainer.data import read_csv_bars
 from trainer.dataset import Pool, Series, Split, parse_iso_ms, valid_origins, windows
 from trainer.evaluate import OnnxForecaster, evaluate
-from trainer.export import (
-    EDGE_TIMES_S,
-    ExportError,
-    attach_metadata,
-    check_parity,
-    export_onnx,
-    flat_window,
-    make_version,
-)
+from trainer.export import EDGE_TIMES_S, ExportError, check_parity, export_onnx, flat_window
 from trainer.model import ModelConfig, QuantileLSTM, calendar, contract_defaults
 from trainer.pipeline import load_config
 from trainer.train import FitResult, TrainSettings, batch_inputs, evaluate_loss, fit
 
-REPO = Path(__file__).resolve().parents[2]
-DATA = REPO / "models" / "data"
-MIN = 60_000
-TRAIN = Split("train", parse_iso_ms("2023-04-19"), parse_iso_ms("2023-04-22"))
 VAL = Split("val", parse_iso_ms("2023-04-22T04:15"), parse_iso_ms("2023-04-23"))
 TEST = Split("test", parse_iso_ms("2023-04-23T04:15"), parse_iso_ms("2023-04-24"))
 LEVELS = contract.DEFAULT_LEVELS_V2
@@ -135,14 +123,9 @@ def test_graph_side_time_features_equal_the_reference_in_torch_and_onnxruntime(
     np.testing.assert_array_equal(got, expected)
 
 
-def _series(symbol: str) -> Series:
-    bars = read_csv_bars(DATA / f"{symbol}_1m_20230316_20230501.csv.gz").bars
-    return Series.from_table("binance", symbol, MIN, bars.between(TRAIN.start_ms, TEST.end_ms))
-
-
 @pytest.fixture(scope="module")
 def series() -> list[Series]:
-    return [_series("BTCUSDT"), _series("ETHUSDT")]
+    return both_series(TRAIN.start_ms, TEST.end_ms)
 
 
 @pytest.fixture(scope="module")
@@ -166,18 +149,7 @@ def real(series: list[Series]) -> tuple[np.ndarray, np.ndarray]:
 
 @pytest.fixture(scope="module")
 def artifact(trained: FitResult) -> bytes:
-    raw = export_onnx(trained.model)
-    spec = contract.ModelSpec(
-        window=CFG.window,
-        horizon=CFG.horizon,
-        interval_s=60,
-        quantiles=LEVELS,
-        version=make_version(raw),
-        trained={"trained_at": "2023-04-24T00:00:00Z"},
-        metrics={},
-        contract=2,
-    )
-    return attach_metadata(raw, spec)
+    return exported(trained.model, {"trained_at": "2023-04-24T00:00:00Z"})
 
 
 def test_the_config_defaults_of_contract_2() -> None:
@@ -335,48 +307,14 @@ def test_evaluate_scores_contract_1_and_2_side_by_side(
     assert len(btc["contenders"]["current"]["per_h"][0]["calibration"]) == 3
 
 
-CONTRACT_2_CONFIG = """
-[data]
-store = "history"
-symbols = ["binance:BTCUSDT", "binance:ETHUSDT"]
-start = "2023-04-19T00:00:00Z"
-end = "2023-04-24T00:00:00Z"
-
-[[data.import]]
-exchange = "binance"
-symbol = "BTCUSDT"
-path = "{data}/BTCUSDT_1m_20230316_20230501.csv.gz"
-
-[[data.import]]
-exchange = "binance"
-symbol = "ETHUSDT"
-path = "{data}/ETHUSDT_1m_20230316_20230501.csv.gz"
-
-[split]
-train_end = "2023-04-22T00:00:00Z"
-val_end = "2023-04-23T00:00:00Z"
-
-[model]
-contract = 2
-hidden = 8
-
-[train]
-batch_size = 256
-max_epochs = 1
-samples_per_epoch = 1024
-val_samples = 500
-
-[report]
-plot_series = "binance:ETHUSDT"
-plot_hours = 1
-"""
+CONTRACT_2_CONFIG = training_config("contract = 2\nhidden = 8", "max_epochs = 1\nval_samples = 500")
 
 
 def test_tickcast_trainer_train_writes_a_contract_2_model_from_the_config(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     config = tmp_path / "train.toml"
-    config.write_text(CONTRACT_2_CONFIG.format(data=DATA))
+    config.write_text(CONTRACT_2_CONFIG)
     loaded = load_config(config).model
     assert (loaded.contract, loaded.window, loaded.steps, loaded.quantiles) == (2, 240, 60, LEVELS)
     out = tmp_path / "out"

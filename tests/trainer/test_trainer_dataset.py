@@ -3,18 +3,16 @@
 from __future__ import annotations
 
 import itertools
-from pathlib import Path
 
 import numpy as np
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from support.trainer_data import MIN, binance_series
 
 from streamer.core.timefmt import parse_iso_ms
-from trainer.data import read_csv_bars
 from trainer.dataset import (
     Pool,
-    Series,
     target_log_returns,
     time_splits,
     valid_origins,
@@ -23,29 +21,9 @@ from trainer.dataset import (
 from trainer.evaluate import ewma_sigma
 from trainer.model import ModelConfig, QuantileLSTM
 
-REPO = Path(__file__).resolve().parents[2]
 W, H = 60, 15
-MIN = 60_000
-
-
-def _btc() -> Series:
-    bars = read_csv_bars(REPO / "models" / "data" / "BTCUSDT_1m_20230316_20230501.csv.gz").bars
-    return Series.from_table("binance", "BTCUSDT", MIN, bars)
-
-
-BTC = _btc()
+BTC = binance_series("BTCUSDT")
 GAP_START = parse_iso_ms("2023-03-24T12:40:00Z")  # 80 missing minutes (exchange incident)
-
-
-def _slice(series: Series, rows: np.ndarray) -> Series:
-    return Series(
-        series.exchange,
-        series.symbol,
-        MIN,
-        series.open_time_ms[rows],
-        series.bars[rows],
-        series.close[rows],
-    )
 
 
 def test_windows_never_span_the_real_gap() -> None:
@@ -68,7 +46,7 @@ def test_windows_never_span_the_real_gap() -> None:
 @given(st.lists(st.integers(min_value=0, max_value=599), max_size=12, unique=True))
 def test_valid_origins_are_exactly_the_gap_free_spans(removed: list[int]) -> None:
     keep = np.setdiff1d(np.arange(600), removed)
-    series = _slice(BTC, keep + 5000)
+    series = BTC.rows(keep + 5000)
     got = set(valid_origins(series, 20, 5).tolist())
     t = series.open_time_ms
     expected = {i for i in range(19, len(t) - 5) if t[i + 5] - t[i - 19] == (20 + 5 - 1) * MIN}
@@ -96,9 +74,9 @@ def test_splits_are_disjoint_and_separated_by_the_embargo() -> None:
 
 def test_no_look_ahead_in_inputs_targets_model_or_baseline() -> None:
     rows = np.arange(20_000, 21_000)
-    series = _slice(BTC, rows)
+    series = BTC.rows(rows)
     changed_at = 700
-    future = _slice(BTC, rows)
+    future = BTC.rows(rows)
     future.bars[changed_at:] *= np.float32(1.05)  # rewrite everything from bar 700 on
     future.close[changed_at:] *= 1.05
     origins = valid_origins(series, W, H)

@@ -11,9 +11,9 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
+from support.trainer_data import TRAIN, both_series, exported
 
 from streamer.core.contracts import model as contract
-from trainer.data import read_csv_bars
 from trainer.dataset import Pool, Series, Split, parse_iso_ms, valid_origins, windows
 from trainer.evaluate import (
     OnnxForecaster,
@@ -23,21 +23,10 @@ from trainer.evaluate import (
     plot_all,
     write_report,
 )
-from trainer.export import (
-    ExportError,
-    attach_metadata,
-    check_parity,
-    export_onnx,
-    flat_window,
-    make_version,
-)
+from trainer.export import ExportError, check_parity, flat_window
 from trainer.model import ModelConfig, QuantileLSTM
 from trainer.train import FitResult, TrainSettings, evaluate_loss, fit
 
-REPO = Path(__file__).resolve().parents[2]
-DATA = REPO / "models" / "data"
-MIN = 60_000
-TRAIN = Split("train", parse_iso_ms("2023-04-19"), parse_iso_ms("2023-04-22"))
 VAL = Split("val", parse_iso_ms("2023-04-22T01:15"), parse_iso_ms("2023-04-23"))
 TEST = Split("test", parse_iso_ms("2023-04-23T01:15"), parse_iso_ms("2023-04-24"))
 TINY = ModelConfig(hidden=8)
@@ -46,14 +35,9 @@ SETTINGS = TrainSettings(
 )
 
 
-def _series(symbol: str) -> Series:
-    bars = read_csv_bars(DATA / f"{symbol}_1m_20230316_20230501.csv.gz").bars
-    return Series.from_table("binance", symbol, MIN, bars.between(TRAIN.start_ms, TEST.end_ms))
-
-
 @pytest.fixture(scope="module")
 def series() -> list[Series]:
-    return [_series("BTCUSDT"), _series("ETHUSDT")]
+    return both_series(TRAIN.start_ms, TEST.end_ms)
 
 
 @pytest.fixture(scope="module")
@@ -75,17 +59,7 @@ def real_windows(series: list[Series]) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def artifact(trained: FitResult) -> bytes:
-    raw = export_onnx(trained.model)
-    spec = contract.ModelSpec(
-        window=60,
-        horizon=15,
-        interval_s=60,
-        quantiles=(0.1, 0.5, 0.9),
-        version=make_version(raw),
-        trained={"trained_at": "2023-04-24T00:00:00Z"},
-        metrics={},
-    )
-    return attach_metadata(raw, spec)
+    return exported(trained.model, {"trained_at": "2023-04-24T00:00:00Z"})
 
 
 def test_short_training_run_keeps_the_best_validation_state(

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from support.manifests import dated_manifest
 
 from streamer.core.contracts import registry as contract
 from trainer.registry import (
@@ -17,7 +18,6 @@ from trainer.registry import (
     GateFigures,
     RedisRegistry,
     RegistryError,
-    build_manifest,
     gate,
     gate_figures,
     sha256_hex,
@@ -32,17 +32,7 @@ def _artifact(n: int) -> bytes:
 
 
 def _manifest(n: int, data: bytes) -> dict[str, Any]:
-    manifest = build_manifest(
-        f"2023050{n}T000000Z-{sha256_hex(data)[:8]}",
-        data,
-        {"window": 60, "horizon": 15, "quantiles": [0.1, 0.5, 0.9], "interval_s": 60},
-        {"trained_at": f"2023-05-0{n}T00:00:00Z", "symbols": ["BTCUSDT"]},
-        {"mean": {"model": {"pinball_bps": 5.0 - n / 10}}},
-        "tickcast test",
-        None,
-    )
-    manifest["created_at"] = f"2023-05-0{n}T00:00:00.000000Z"
-    return manifest
+    return dated_manifest(n, data, window=60, horizon=15)
 
 
 def _publish(registry: Any, n: int, promote: bool) -> str:

@@ -9,18 +9,14 @@ so the 140 flat minutes are compared too.
 
 from __future__ import annotations
 
-import csv
 import math
 from collections import Counter
 from decimal import Decimal
-from pathlib import Path
+
+from support.kraken_pages import load_ohlc, load_rows
 
 from streamer.core.bars import BarAggregator
 from streamer.core.types import MINUTE_MS, Bar, Trade
-
-KRAKEN = Path(__file__).resolve().parents[1] / "fixtures" / "kraken"
-TRADES_CSV = KRAKEN / "XBTUSDT_trades_20251110_1723-20251111_0013.csv"
-BARS_CSV = KRAKEN / "XBTUSDT_1m_20251110_1723-20251111_0016.csv"
 
 FIRST_MINUTE = 1_762_795_380_000  # 2025-11-10 17:23 UTC, holds the file's first trade
 LAST_TRADE_MINUTE = 1_762_819_980_000  # 2025-11-11 00:13 UTC, holds the file's last trade
@@ -29,33 +25,7 @@ GRACE_MS = 2000
 
 
 def load_trades() -> list[Trade]:
-    with TRADES_CSV.open() as f:
-        return [
-            Trade(
-                "kraken",
-                "BTC-USDT",
-                int(row["trade_id"]),
-                int(row["timestamp_ms"]),
-                float(row["price"]),
-                float(row["qty"]),
-                "buy" if row["taker_side"] == "buy" else "sell",
-            )
-            for row in csv.DictReader(f)
-        ]
-
-
-def load_kraken_bars() -> dict[int, tuple[float, float, float, float, float]]:
-    with BARS_CSV.open() as f:
-        return {
-            int(row["open_time_ms"]): (
-                float(row["open"]),
-                float(row["high"]),
-                float(row["low"]),
-                float(row["close"]),
-                float(row["volume"]),
-            )
-            for row in csv.DictReader(f)
-        }
+    return [row.trade() for row in load_rows()]
 
 
 def aggregate(trades: list[Trade]) -> list[Bar]:
@@ -77,7 +47,7 @@ def ohlcv(bar: Bar) -> tuple[float, float, float, float, float]:
 
 def test_every_minute_matches_kraken_except_the_partial_first_one() -> None:
     trades = load_trades()
-    kraken = load_kraken_bars()
+    kraken = load_ohlc()
     bars = aggregate(trades)
 
     # one bar per minute 17:23 .. 00:16, nothing before the first trade, all complete
@@ -115,10 +85,9 @@ def test_volumes_equal_the_exact_decimal_sums() -> None:
     """Why the volumes match exactly: the aggregator's volume is the float nearest the exact
     decimal sum of the quantity strings, which is also what Kraken reports."""
     sums: dict[int, Decimal] = {}
-    with TRADES_CSV.open() as f:
-        for row in csv.DictReader(f):
-            minute = int(row["timestamp_ms"]) // MINUTE_MS * MINUTE_MS
-            sums[minute] = sums.get(minute, Decimal(0)) + Decimal(row["qty"])
+    for row in load_rows():
+        minute = row.ts_ms // MINUTE_MS * MINUTE_MS
+        sums[minute] = sums.get(minute, Decimal(0)) + Decimal(row.qty)
     bars = {b.open_time_ms: b for b in aggregate(load_trades())}
     assert {m: bars[m].volume for m in sums} == {m: float(s) for m, s in sums.items()}
     # neither a plain float sum nor fsum alone gets there: they end an ulp or two away from

@@ -12,17 +12,9 @@ Bitstamp documents), and the paging test serves real Bybit spot minutes
 from __future__ import annotations
 
 import json
-from decimal import Decimal
 
 import pytest
-from support.parsers import (
-    BYBIT_MINUTES,
-    csv_rows,
-    parse_recording,
-    recorded_frames,
-    serve_pages,
-    subscribe_messages,
-)
+from support.parsers import BYBIT_MINUTES, csv_rows, parse_recording, recorded_frames, serve_pages
 
 from streamer.core.bars import BarAggregator
 from streamer.core.exchanges.base import Reconnect
@@ -34,20 +26,6 @@ FRAMES = recorded_frames("bitstamp.jsonl")
 
 
 # --- real recorded frames -------------------------------------------------------------------
-
-
-def test_recorded_frames_give_exact_trades() -> None:
-    trades, _, empty = parse_recording(BITSTAMP, "bitstamp.jsonl")
-
-    assert len(trades) == 10 and empty == 15  # 12 subscription acks, 3 diff_order_book frames
-    assert trades[0] == Trade(
-        "bitstamp", "ETHUSD", 216000477, 1641343699596, 3805.44, 0.0792, "buy"
-    )
-    assert trades[-1] == Trade(
-        "bitstamp", "ETHUSD", 216000506, 1641343721269, 3800.8, 2.73248242, "sell"
-    )
-    assert sum(Decimal(repr(t.qty)) for t in trades) == Decimal("34.91894724")
-    assert [t.taker_side for t in trades].count("sell") == 9
 
 
 def test_taker_side_is_the_newer_order_and_values_match_every_frame() -> None:
@@ -89,11 +67,6 @@ def test_keepalive_is_the_heartbeat_event() -> None:
 
 
 def test_one_subscribe_message_per_pair() -> None:
-    url = "wss://ws.bitstamp.net"
-    assert subscribe_messages(BITSTAMP, url, ["BTCUSD", "ETHEUR"], ["live_trades"]) == [
-        {"event": "bts:subscribe", "data": {"channel": "live_trades_btcusd"}},
-        {"event": "bts:subscribe", "data": {"channel": "live_trades_etheur"}},
-    ]
     symbols = [f"C{i}USD" for i in range(250)]
     plans = BITSTAMP.connections("ws://127.0.0.1:9", symbols, ["live_trades"])
     assert [len(p.subscribe) for p in plans] == [100, 100, 50]
@@ -109,22 +82,6 @@ OHLC_BODY = b"""{"data": {"pair": "BTC/USD", "ohlc": [
   "close": "19113.03", "open": "19122.79"},
  {"high": "19122.30", "timestamp": "1656868800", "volume": "0.04470000", "low": "19120.33",
   "close": "19121.32", "open": "19122.30"}]}}"""
-
-
-def test_bars_request_asks_for_exactly_the_page_minutes() -> None:
-    short = BITSTAMP.bars_request("BTCUSD", M, M + 3 * MINUTE_MS)
-    assert short.path == "/api/v2/ohlc/btcusd/"
-    assert short.params == {
-        "step": "60",
-        "start": "1656868680",
-        "end": "1656868800",
-        "limit": "3",
-        "exclude_current_candle": "true",
-    }
-    long = BITSTAMP.bars_request("BTCUSD", M, M + 5000 * MINUTE_MS)
-    assert long.params["end"] == str((M + 999 * MINUTE_MS) // 1000)
-    assert long.params["limit"] == "1000"
-    assert BITSTAMP.max_bars_per_request == 1000
 
 
 def test_parse_bars() -> None:

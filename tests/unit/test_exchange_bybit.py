@@ -23,7 +23,6 @@ from support.parsers import (
     csv_rows,
     recorded_frames,
     serve_pages,
-    subscribe_messages,
     unsupported_frames,
 )
 
@@ -108,10 +107,6 @@ def test_recorded_trade_ids_are_text_uuids() -> None:
 
 
 def test_subscribe_messages_hold_at_most_ten_topics() -> None:
-    url = "wss://stream.bybit.com/v5/public/spot"
-    assert subscribe_messages(BYBIT, url, ["BTCUSDT", "ETHUSDT"], ["publicTrade"]) == [
-        {"op": "subscribe", "args": ["publicTrade.BTCUSDT", "publicTrade.ETHUSDT"]}
-    ]
     symbols = [f"C{i}USDT" for i in range(250)]
     plans = BYBIT.connections("ws://127.0.0.1:9", symbols, ["publicTrade"])
     assert [len(p.subscribe) for p in plans] == [10, 10, 5]
@@ -122,22 +117,6 @@ def test_subscribe_messages_hold_at_most_ten_topics() -> None:
 # --- REST kline -----------------------------------------------------------------------------
 
 M = 1670889600000  # 2022-12-13 00:00 UTC, the first minute of the CSV
-
-
-def test_bars_request_covers_at_most_1000_minutes_with_inclusive_end() -> None:
-    short = BYBIT.bars_request("BTCUSDT", M, M + 90 * MINUTE_MS)
-    assert short.path == "/v5/market/kline"
-    assert short.params == {
-        "category": "spot",
-        "symbol": "BTCUSDT",
-        "interval": "1",
-        "start": str(M),
-        "end": str(M + 90 * MINUTE_MS - 1),
-        "limit": "1000",
-    }
-    long = BYBIT.bars_request("BTCUSDT", M, M + 5000 * MINUTE_MS)
-    assert long.params["end"] == str(M + 1000 * MINUTE_MS - 1)
-    assert BYBIT.max_bars_per_request == 1000
 
 
 def kline_rows(minutes: list[dict[str, str]]) -> list[list[str]]:

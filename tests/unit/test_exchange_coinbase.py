@@ -8,19 +8,10 @@ holds 300 real Coinbase BTC-USD minutes (tests/fixtures/ws/README.md).
 from __future__ import annotations
 
 import json
-from collections import Counter
 from decimal import Decimal
 
 import pytest
-from support.parsers import (
-    assert_refused,
-    csv_rows,
-    json_array,
-    parse_recording,
-    qty_by_symbol,
-    recorded_frames,
-    subscribe_messages,
-)
+from support.parsers import assert_refused, csv_rows, json_array, recorded_frames
 
 from streamer.core.exchanges.base import FrameError, TradeIdMark
 from streamer.core.exchanges.coinbase import COINBASE, iso8601_to_ms
@@ -30,42 +21,6 @@ FRAMES = recorded_frames("coinbase_pro.jsonl")
 
 
 # --- real recorded frames -------------------------------------------------------------------
-
-
-def test_recorded_matches_give_exact_trades() -> None:
-    trades, _, empty = parse_recording(COINBASE, "coinbase_pro.jsonl")
-
-    assert len(trades) == 107  # 97 match + 10 last_match
-    assert empty == 9  # 3 subscriptions, 3 ticker, 3 l2update
-    # first frame is a last_match: the maker sold, so the taker bought
-    assert trades[0] == Trade("coinbase", "BAND-GBP", 881613, 1618677810244, 14.7775, 0.04, "buy")
-    assert trades[-1] == Trade("coinbase", "SKL-USD", 1568319, 1618677846669, 0.7902, 18.0, "sell")
-    assert Counter(t.symbol for t in trades) == {
-        "SKL-USD": 53,
-        "DASH-BTC": 16,
-        "SKL-BTC": 9,
-        "BAND-BTC": 9,
-        "NMR-EUR": 9,
-        "BAND-GBP": 5,
-        "SKL-GBP": 2,
-        "NU-GBP": 2,
-        "YFI-BTC": 1,
-        "CRV-EUR": 1,
-    }
-    assert qty_by_symbol(trades) == {
-        "SKL-USD": Decimal("48069.6"),
-        "DASH-BTC": Decimal("15.767"),
-        "SKL-BTC": Decimal("6763.4"),
-        "BAND-BTC": Decimal("210.67"),
-        "NMR-EUR": Decimal("4.936"),
-        "BAND-GBP": Decimal("36.04"),
-        "SKL-GBP": Decimal("1343.2"),
-        "NU-GBP": Decimal("875.131"),
-        "YFI-BTC": Decimal("0.000007"),
-        "CRV-EUR": Decimal("400"),
-    }
-    # maker side "buy" on 54 matches -> 54 taker sells
-    assert Counter(t.taker_side for t in trades) == {"sell": 54, "buy": 53}
 
 
 def test_taker_side_is_the_opposite_of_the_maker_side_on_every_frame() -> None:
@@ -86,7 +41,7 @@ def test_a_heartbeat_gives_the_products_newest_trade_id() -> None:
         b'"time":"2014-11-07T08:19:28.464459Z"}'
     )
     assert COINBASE.parse(frame) == [TradeIdMark("BTC-USD", 20, 1415348368464)]
-    assert COINBASE.sequential_trade_ids
+    assert COINBASE.rules.sequential_trade_ids
 
 
 @pytest.mark.parametrize(
@@ -152,35 +107,7 @@ def test_iso8601_to_ms_rejects_other_forms(text: str) -> None:
         iso8601_to_ms(text)
 
 
-# --- connections ----------------------------------------------------------------------------
-
-
-def test_subscribe_message_and_chunking() -> None:
-    url = "wss://ws-feed.exchange.coinbase.com"
-    assert subscribe_messages(COINBASE, url, ["BTC-USD", "ETH-USD"], ["matches"]) == [
-        {
-            "type": "subscribe",
-            "product_ids": ["BTC-USD", "ETH-USD"],
-            "channels": ["matches", "heartbeat"],
-        }
-    ]
-
-
 # --- REST candles ---------------------------------------------------------------------------
-
-
-def test_bars_request_covers_at_most_300_minutes_with_inclusive_end() -> None:
-    start = 1513468800000  # 2017-12-17 00:00 UTC
-    short = COINBASE.bars_request("BTC-USD", start, start + 90 * 60_000)
-    assert short.path == "/products/BTC-USD/candles"
-    assert short.params == {
-        "granularity": "60",
-        "start": "2017-12-17T00:00:00Z",
-        "end": "2017-12-17T01:29:59Z",
-    }
-    long = COINBASE.bars_request("BTC-USD", start, start + 1000 * 60_000)
-    assert long.params["end"] == "2017-12-17T04:59:59Z"  # 300 minutes: the page limit
-    assert COINBASE.max_bars_per_request == 300
 
 
 def candles_body() -> tuple[bytes, list[dict[str, str]]]:

@@ -14,12 +14,7 @@ from decimal import Decimal
 
 import pytest
 from support.kraken_pages import load_rows, trades_body
-from support.parsers import (
-    WS,
-    recorded_frames,
-    subscribe_messages,
-    unsupported_frames,
-)
+from support.parsers import WS, recorded_frames, unsupported_frames
 
 from streamer.core.exchanges.kraken import KRAKEN, rest_pair
 from streamer.core.types import Bar, Trade
@@ -51,19 +46,6 @@ def test_recorded_v1_frames_are_ignored_or_rejected_as_unsupported() -> None:
     assert (len(ignored), len(unsupported)) == (41, 8)
 
 
-# --- connections ----------------------------------------------------------------------------
-
-
-def test_subscribe_message_uses_wire_symbols_and_no_snapshot() -> None:
-    url = "wss://ws.kraken.com/v2"
-    assert subscribe_messages(KRAKEN, url, ["BTC-USD", "ETH-EUR"], ["trade"]) == [
-        {
-            "method": "subscribe",
-            "params": {"channel": "trade", "symbol": ["BTC/USD", "ETH/EUR"], "snapshot": False},
-        }
-    ]
-
-
 # --- REST OHLC ------------------------------------------------------------------------------
 
 
@@ -79,13 +61,6 @@ def test_subscribe_message_uses_wire_symbols_and_no_snapshot() -> None:
 )
 def test_rest_pair_names(symbol: str, pair: str) -> None:
     assert rest_pair(symbol) == pair
-
-
-def test_bars_request() -> None:
-    request = KRAKEN.bars_request("BTC-USDT", 1762777020000, 1762778580000)
-    assert request.path == "/0/public/OHLC"
-    assert request.params == {"pair": "XBTUSDT", "interval": "1", "since": "1762777019"}
-    assert KRAKEN.max_bars_per_request == 720
 
 
 def test_parse_bars_drops_the_still_open_last_row() -> None:
@@ -133,7 +108,7 @@ def test_trades_request_and_depth() -> None:
     assert request.path == "/0/public/Trades"
     assert request.params == {"pair": "XBTUSDT", "since": "1762795439999000000", "count": "1000"}
     assert KRAKEN.trades_request("DOGE-USD", 0).params["pair"] == "XDGUSD"
-    assert KRAKEN.bars_depth_minutes == 720
+    assert KRAKEN.rules.bars_depth_minutes == 720
     with pytest.raises(ValueError):
         KRAKEN.trades_request("BTC-USD", -1)
 

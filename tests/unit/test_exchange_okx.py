@@ -11,19 +11,9 @@ minute starts), and the paging test serves real Bybit spot minutes
 from __future__ import annotations
 
 import json
-from collections import Counter
-from decimal import Decimal
 
 import pytest
-from support.parsers import (
-    BYBIT_MINUTES,
-    csv_rows,
-    parse_recording,
-    qty_by_symbol,
-    recorded_frames,
-    serve_pages,
-    subscribe_messages,
-)
+from support.parsers import BYBIT_MINUTES, csv_rows, parse_recording, recorded_frames, serve_pages
 
 from streamer.core.bars import BarAggregator
 from streamer.core.exchanges.base import Reconnect
@@ -35,27 +25,6 @@ FRAMES = recorded_frames("okx.jsonl")
 
 
 # --- real recorded frames -------------------------------------------------------------------
-
-
-def test_recorded_pushes_give_exact_trades() -> None:
-    trades, _, empty = parse_recording(OKX, "okx.jsonl")
-
-    assert len(trades) == 74 and empty == 9  # 3 subscribe acks, 3 tickers, 3 books pushes
-    assert trades[0] == Trade("okx", "BTC-USD-220527", 7849, 1652459199958, 30218.8, 1.0, "buy")
-    assert trades[-1] == Trade(
-        "okx", "BTC-USDT", 338476375, 1652459235576, 30227.6, 0.00000088, "buy"
-    )
-    assert Counter(t.symbol for t in trades) == {
-        "BTC-USDT": 69,
-        "BTC-USD-220527": 4,
-        "UNI-USD-SWAP": 1,
-    }
-    assert Counter(t.taker_side for t in trades) == {"buy": 48, "sell": 26}
-    assert qty_by_symbol(trades) == {
-        "BTC-USDT": Decimal("3.48657495"),
-        "BTC-USD-220527": Decimal("35"),
-        "UNI-USD-SWAP": Decimal("100"),
-    }
 
 
 def test_every_recorded_trade_carries_the_frame_values() -> None:
@@ -101,17 +70,7 @@ def test_keepalive_is_the_text_ping() -> None:
 # --- connections ----------------------------------------------------------------------------
 
 
-def test_subscribe_message_and_chunking() -> None:
-    url = "wss://ws.okx.com:8443/ws/v5/public"
-    assert subscribe_messages(OKX, url, ["BTC-USDT", "ETH-USDT"], ["trades"]) == [
-        {
-            "op": "subscribe",
-            "args": [
-                {"channel": "trades", "instId": "BTC-USDT"},
-                {"channel": "trades", "instId": "ETH-USDT"},
-            ],
-        }
-    ]
+def test_one_subscribe_message_per_connection() -> None:
     plans = OKX.connections("ws://127.0.0.1:9", [f"C{i}-USDT" for i in range(250)], ["trades"])
     assert all(len(p.subscribe) == 1 for p in plans)
 
@@ -119,21 +78,6 @@ def test_subscribe_message_and_chunking() -> None:
 # --- REST history-candles -------------------------------------------------------------------
 
 M = 1597026360000  # the documented example's time, 2020-08-10 02:26:23 UTC, to its minute
-
-
-def test_bars_request_bounds_the_page_on_both_sides() -> None:
-    short = OKX.bars_request("BTC-USDT", M, M + 30 * MINUTE_MS)
-    assert short.path == "/api/v5/market/history-candles"
-    assert short.params == {
-        "instId": "BTC-USDT",
-        "bar": "1m",
-        "after": str(M + 30 * MINUTE_MS - 1),
-        "before": str(M - 1),
-        "limit": "100",
-    }
-    long = OKX.bars_request("BTC-USDT", M, M + 1000 * MINUTE_MS)
-    assert long.params["after"] == str(M + 100 * MINUTE_MS - 1)
-    assert OKX.max_bars_per_request == 100
 
 
 def candles(*rows: list[str], code: str = "0") -> bytes:

@@ -343,12 +343,6 @@ async def test_skill_is_published_every_few_minutes_per_symbol_staggered(btc: li
 # --- online calibration --------------------------------------------------------------------
 
 
-def with_calibration(windows: Windows, current: LoadedModel, *, on: bool) -> Forecaster:
-    forecaster, _, _ = make(windows, current)
-    forecaster.calibration = on
-    return forecaster
-
-
 async def run_minutes(forecaster: Forecaster, windows: Windows, bars: list[Bar]) -> list[Forecast]:
     """The first window closes at once, then one bar a minute, each round followed by its
     skill step (where the realised forecasts reach the calibrator)."""
@@ -375,13 +369,22 @@ def raw_values(bars: list[Bar], end: int, band: float) -> tuple[tuple[float, ...
 NARROW = 0.0001  # a band far too narrow for real BTC minutes: the calibration must widen it
 
 
+async def narrow_band_run(
+    btc: list[Bar], *, on: bool
+) -> tuple[Forecaster, list[Bar], list[Forecast]]:
+    """130 real BTC minutes through v1 with the ``NARROW`` band, calibration ``on`` or off:
+    the forecaster, the bars and every forecast it published."""
+    windows = Windows(1440)
+    forecaster, _, _ = make(windows, model("v1", band=NARROW))
+    forecaster.calibration = on
+    bars = btc[:130]
+    return forecaster, bars, await run_minutes(forecaster, windows, bars)
+
+
 async def test_the_published_band_is_calibrated_and_the_evaluator_scores_the_raw_one(
     btc: list[Bar],
 ) -> None:
-    windows = Windows(1440)
-    forecaster = with_calibration(windows, model("v1", band=NARROW), on=True)
-    bars = btc[:130]
-    published = await run_minutes(forecaster, windows, bars)
+    forecaster, bars, published = await narrow_band_run(btc, on=True)
     assert {f.band for f in published} == {"calibrated"}
     first, last = published[0], published[-1]
     assert first.values == raw_values(bars, WINDOW, NARROW)  # a fresh state: the raw band
@@ -408,10 +411,7 @@ async def test_the_published_band_is_calibrated_and_the_evaluator_scores_the_raw
 async def test_calibration_off_publishes_the_raw_band_and_still_computes_the_calibrated_one(
     btc: list[Bar],
 ) -> None:
-    windows = Windows(1440)
-    forecaster = with_calibration(windows, model("v1", band=NARROW), on=False)
-    bars = btc[:130]
-    published = await run_minutes(forecaster, windows, bars)
+    forecaster, bars, published = await narrow_band_run(btc, on=False)
     assert {f.band for f in published} == {"raw"}
     assert published[-1].values == raw_values(bars, len(bars), NARROW)
     calibrator = forecaster.calibrator

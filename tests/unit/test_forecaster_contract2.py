@@ -29,26 +29,11 @@ from streamer.core.types import Bar, Forecast
 from streamer.core.windows import Windows
 from streamer.io.forecaster import Forecaster
 from streamer.io.model import CHUNK_ROWS, LoadedModel, ModelServer, load_model
+from streamer.io.sinks import CollectingSink
 
 WINDOW_V1, WINDOW_V2, HORIZON, BAND = 10, 20, 3, 0.001
 WALL_MS = 1_747_710_000_000
 Key = tuple[str, str]
-
-
-class RecordingSink:
-    def __init__(self) -> None:
-        self.forecasts: list[Forecast] = []
-
-    def publish_forecast(self, forecast: Forecast, closed_at: float) -> None:
-        self.forecasts.append(forecast)
-
-    def publish_skill(
-        self, exchange: str, symbol: str, figures: dict[int, dict[str, float]]
-    ) -> None:
-        return None
-
-    async def wait_sent(self) -> None:
-        return None
 
 
 class SwapOnFirstSubmit(ModelServer):
@@ -80,8 +65,8 @@ def v2() -> LoadedModel:
     return load_model(data)
 
 
-def forecaster_with(server: ModelServer, windows: Windows) -> tuple[Forecaster, RecordingSink]:
-    sink = RecordingSink()
+def forecaster_with(server: ModelServer, windows: Windows) -> tuple[Forecaster, CollectingSink]:
+    sink = CollectingSink()
     forecaster = Forecaster(
         windows, server, sink, eval_horizons=[1], eval_window_ms=86_400_000,
         wall_clock_ms=lambda: WALL_MS,

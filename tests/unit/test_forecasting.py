@@ -6,43 +6,30 @@ arrays are what a persistence-plus-band model gives for them, plus rows broken o
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 import pytest
-from fixtures.models import band_factors, real_bars
+from fixtures.models import real_bars
+from support.forecasts import (
+    HORIZON,
+    ISSUED_AT,
+    LEVELS,
+    SPEC,
+    TRAINED_AT,
+    band_output,
+    last_columns,
+)
 
 from streamer.core.contracts import mqtt
 from streamer.core.contracts.model import ModelSpec
 from streamer.core.forecasting import ModelIdentity, build_forecasts
 from streamer.core.types import Bar, Forecast
 
-LEVELS = (0.1, 0.5, 0.9)
-HORIZON = 4
-SPEC = ModelSpec(
-    window=60,
-    horizon=HORIZON,
-    interval_s=60,
-    quantiles=LEVELS,
-    version="v3",
-    trained={"trained_at": "2025-08-18T18:27:00Z"},
-    metrics={},
-)
-IDENTITY = ModelIdentity("v3", "2025-08-18T18:27:00Z", stale=True)
-ISSUED_AT = 1_747_699_260_123
+IDENTITY = ModelIdentity("v3", TRAINED_AT, stale=True)
 
 
 def build(bars: list[Bar], output: np.ndarray) -> tuple[list[Forecast], list[tuple[str, str]]]:
     """``build_forecasts`` for the last bars of the series: keys, open times and closes."""
-    return build_forecasts(
-        [b.key for b in bars],
-        [b.open_time_ms for b in bars],
-        [b.close for b in bars],
-        output,
-        SPEC,
-        IDENTITY,
-        ISSUED_AT,
-    )
+    return build_forecasts(*last_columns(bars), output, SPEC, IDENTITY, ISSUED_AT)
 
 
 def last_bars() -> list[Bar]:
@@ -51,14 +38,9 @@ def last_bars() -> list[Bar]:
     return [btc[-1], eth[-1], btc[-2]]
 
 
-def output_for(bars: list[Bar]) -> np.ndarray[Any, np.dtype[np.float32]]:
-    closes = np.array([[b.close] for b in bars], dtype=np.float32)[:, :, None]
-    return np.asarray(closes * band_factors(HORIZON, LEVELS, 0.002)[None], dtype=np.float32)
-
-
 def test_one_forecast_per_row_carrying_values_levels_and_identity_exactly() -> None:
     bars = last_bars()
-    output = output_for(bars)
+    output = band_output(bars)
     forecasts, rejected = build(bars, output)
     assert rejected == []
     assert len(forecasts) == 3
@@ -77,7 +59,7 @@ def test_one_forecast_per_row_carrying_values_levels_and_identity_exactly() -> N
 
 def test_non_finite_and_crossing_rows_are_refused_by_key_and_the_rest_kept() -> None:
     bars = last_bars()
-    output = output_for(bars)
+    output = band_output(bars)
     output[0, 2, 1] = np.nan  # BTCUSDT: a NaN median at +3 min
     output[1, 0, 0], output[1, 0, 2] = output[1, 0, 2], output[1, 0, 0]  # ETHUSDT: crossing
     forecasts, rejected = build(bars, output)
@@ -88,7 +70,7 @@ def test_non_finite_and_crossing_rows_are_refused_by_key_and_the_rest_kept() -> 
 
 def test_infinite_row_is_refused() -> None:
     bars = last_bars()[:1]
-    output = output_for(bars)
+    output = band_output(bars)
     output[0, -1, -1] = np.inf
     forecasts, rejected = build(bars, output)
     assert (forecasts, rejected) == ([], [("binance", "BTCUSDT")])
@@ -124,12 +106,8 @@ def test_seven_levels_of_a_contract_2_model_become_forecasts_whose_payloads_vali
     levels = (0.05, 0.1, 0.25, 0.5, 0.75, 0.9, 0.95)
     spec = ModelSpec(60, HORIZON, 60, levels, "c2", {}, {}, contract=2)
     bars = last_bars()
-    closes = np.array([[b.close] for b in bars], dtype=np.float32)[:, :, None]
-    output = np.asarray(closes * band_factors(HORIZON, levels, 0.002)[None], dtype=np.float32)
-    forecasts, rejected = build_forecasts(
-        [b.key for b in bars], [b.open_time_ms for b in bars], [b.close for b in bars],
-        output, spec, IDENTITY, ISSUED_AT,
-    )  # fmt: skip
+    output = band_output(bars, levels)
+    forecasts, rejected = build_forecasts(*last_columns(bars), output, spec, IDENTITY, ISSUED_AT)
     assert rejected == [] and len(forecasts) == 3
     for f, row in zip(forecasts, output, strict=True):
         assert f.quantile_levels == levels

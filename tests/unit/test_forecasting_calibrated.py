@@ -10,44 +10,20 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from fixtures.models import band_factors, real_bars
+from fixtures.models import real_bars
+from support.forecasts import ISSUED_AT, LEVELS, SPEC, TRAINED_AT, band_output, last_columns
 
 from streamer.core.calibration import OnlineCalibrator, Realised
-from streamer.core.contracts.model import ModelSpec, bad_output_rows
+from streamer.core.contracts.model import bad_output_rows
 from streamer.core.forecasting import ModelIdentity, build_calibrated, build_forecasts
 from streamer.core.types import MINUTE_MS, Bar
 
-LEVELS = (0.1, 0.5, 0.9)
-HORIZON = 4
-SPEC = ModelSpec(
-    window=60,
-    horizon=HORIZON,
-    interval_s=60,
-    quantiles=LEVELS,
-    version="v3",
-    trained={"trained_at": "2025-08-18T18:27:00Z"},
-    metrics={},
-)
-IDENTITY = ModelIdentity("v3", "2025-08-18T18:27:00Z", stale=False)
-ISSUED_AT = 1_747_699_260_123
-
-
-def output_for(bars: list[Bar], band: float = 0.002) -> np.ndarray[Any, np.dtype[np.float32]]:
-    closes = np.array([[b.close] for b in bars], dtype=np.float32)[:, :, None]
-    return np.asarray(closes * band_factors(HORIZON, LEVELS, band)[None], dtype=np.float32)
+IDENTITY = ModelIdentity("v3", TRAINED_AT, stale=False)
 
 
 def build(bars: list[Bar], output: np.ndarray, calibrator: OnlineCalibrator, *, on: bool) -> Any:
     return build_calibrated(
-        [b.key for b in bars],
-        [b.open_time_ms for b in bars],
-        [b.close for b in bars],
-        output,
-        SPEC,
-        IDENTITY,
-        ISSUED_AT,
-        calibrator,
-        publish_calibrated=on,
+        *last_columns(bars), output, SPEC, IDENTITY, ISSUED_AT, calibrator, publish_calibrated=on
     )
 
 
@@ -60,7 +36,7 @@ def widened(bars: list[Bar]) -> OnlineCalibrator:
             1.0, 1)
         for b in bars
     ]  # fmt: skip
-    out = output_for(before)
+    out = band_output(before)
     cal.calibrate([b.key for b in before], [b.open_time_ms for b in before], out)
     for b, row in zip(before, out, strict=True):
         raw = tuple(float(v) for v in row[0])
@@ -76,12 +52,9 @@ def last_bars() -> list[Bar]:
 
 def test_on_publishes_the_calibrated_band_and_keeps_the_raw_one_for_the_evaluator() -> None:
     bars = last_bars()
-    output = output_for(bars)
+    output = band_output(bars)
     built = build(bars, output, widened(bars), on=True)
-    raw, rejected = build_forecasts(
-        [b.key for b in bars], [b.open_time_ms for b in bars], [b.close for b in bars],
-        output, SPEC, IDENTITY, ISSUED_AT,
-    )  # fmt: skip
+    raw, rejected = build_forecasts(*last_columns(bars), output, SPEC, IDENTITY, ISSUED_AT)
     assert rejected == built.rejected == []
     assert built.raw_forecasts() == raw and {f.band for f in raw} == {"raw"}
     assert {f.band for f in built.published} == {"calibrated"}
@@ -99,17 +72,17 @@ def test_on_publishes_the_calibrated_band_and_keeps_the_raw_one_for_the_evaluato
 def test_off_publishes_the_raw_band_but_the_calibrator_still_keeps_what_it_would_publish() -> None:
     bars = last_bars()
     cal = widened(bars)
-    built = build(bars, output_for(bars), cal, on=False)
+    built = build(bars, band_output(bars), cal, on=False)
     assert built.raw_forecasts() is built.published
     assert {f.band for f in built.published} == {"raw"}
     # the calibrated band of these forecasts was computed and kept: their realisations count
-    row = tuple(float(v) for v in output_for(bars)[0, 0])
+    row = tuple(float(v) for v in band_output(bars)[0, 0])
     assert cal.observe(Realised("binance", "BTCUSDT", 1, bars[0].open_time_ms, row, bars[0].close))
 
 
 def test_a_crossing_raw_row_is_refused_though_calibrating_it_would_uncross_it() -> None:
     bars = last_bars()
-    output = output_for(bars)
+    output = band_output(bars)
     output[1, 2, 0], output[1, 2, 2] = output[1, 2, 2], output[1, 2, 0]  # ETHUSDT h = 3 crosses
     cal = widened(bars)
     uncrossed = cal.calibrate([bars[1].key], [0], output[1:2])

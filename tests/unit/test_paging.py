@@ -252,7 +252,7 @@ def test_trade_answers_become_trades_or_the_failure_they_stand_for() -> None:
 
 def test_kraken_ranges_older_than_its_ohlc_reaches_come_from_trades() -> None:
     now = M0017 + 25_000
-    depth = (KRAKEN.bars_depth_minutes - DEPTH_MARGIN_MINUTES) * MINUTE_MS
+    depth = (KRAKEN.rules.bars_depth_minutes - DEPTH_MARGIN_MINUTES) * MINUTE_MS
     old = choose_pager(KRAKEN, "BTC-USDT", now - 13 * 60 * MINUTE_MS, now - 60 * MINUTE_MS, now)
     assert isinstance(old, TradePager)
     edge = M0017 - depth  # the oldest minute trusted to OHLC

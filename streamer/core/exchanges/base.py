@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from streamer.core.rest_limits import RestWeight
 from streamer.core.types import Bar, Trade
 
 
@@ -57,6 +58,30 @@ class ConnectionPlan:
     subscribe: tuple[str, ...] = ()
 
 
+@dataclass(frozen=True, slots=True)
+class VenueRules:
+    """What a venue does beyond the common protocol, read by the I/O shells; the defaults are
+    those of a venue that does none of it."""
+
+    # the venue's request-weight scheme, which every backfill task of the process shares
+    # (Binance)
+    rest_weight: RestWeight | None = None
+    # each symbol's trade ids count up by one, so a jump means missed trades (Coinbase, Kraken)
+    sequential_trade_ids: bool = False
+    # REST bars leave out minutes without trades: the backfill fills them in as flat bars
+    # (Coinbase)
+    omits_quiet_minutes: bool = False
+    # how far back REST bars reach; older minutes come from the venue's trades (Kraken: 720)
+    bars_depth_minutes: int | None = None
+    # the venue's limit on messages a client sends per second and connection, pings and pongs
+    # included (Binance: 5)
+    max_client_messages_per_s: int | None = None
+    # an application-level ping the feed sends every ``keepalive_interval_s`` (OKX, Bybit,
+    # Bitstamp); None sends none
+    keepalive_message: str | None = None
+    keepalive_interval_s: float = 20.0
+
+
 class Exchange(Protocol):
     """Protocol knowledge of one exchange. Implementations are stateless and thread-safe."""
 
@@ -72,13 +97,8 @@ class Exchange(Protocol):
     # bars per REST page and minimum spacing between REST requests
     max_bars_per_request: int
     min_request_interval_s: float
-    # optional ``rest_weight: streamer.core.rest_limits.RestWeight``: the venue's request-weight
-    # scheme, which every backfill task of the process then shares (Binance); optional
-    # ``sequential_trade_ids = True``: each symbol's trade ids count up by one, so a jump means
-    # missed trades (Coinbase, Kraken); optional ``max_client_messages_per_s``: the venue's limit
-    # on messages a client sends, pings and pongs included (Binance: 5); optional
-    # ``keepalive_message`` / ``keepalive_interval_s``: an application-level ping to send
-    # periodically (OKX, Bybit, Bitstamp)
+    # what the venue does beyond this protocol (keepalive pings, trade id continuity, ...)
+    rules: VenueRules
 
     def connections(
         self, ws_url: str, symbols: list[str], channels: list[str]

@@ -30,22 +30,8 @@ from typing import Annotated, Any, Final
 
 import msgspec
 
-from streamer.core.exchanges._common import (
-    INT64_MAX,
-    AmountField,
-    SymbolField,
-    TradeIdField,
-    bounded,
-    cell_integer,
-    cell_number,
-    check_subscription,
-    checked_bar,
-    decode_any,
-    encode_json,
-    split_connections,
-    validation_reason,
-)
-from streamer.core.exchanges.base import ConnectionPlan, FrameError, Reconnect, RestRequest
+from streamer.core.exchanges import _common as common
+from streamer.core.exchanges.base import FrameError, Reconnect, RestRequest, VenueRules
 from streamer.core.rest_limits import RestWeight
 from streamer.core.types import Bar, Side, Trade
 
@@ -55,30 +41,33 @@ _NAME: Final = "binance"
 SERVER_SHUTDOWN: Final = Reconnect("server_shutdown")
 _CHANNELS: Final = ("trade", "aggTrade", "kline_1m")
 _STREAMS_PER_SUBSCRIBE: Final = 200
+# /api/v3/klines rows: [open time, o, h, l, c, volume, close time, quote volume, trades, taker
+# buy base, taker buy quote, ignore]
+_KLINE_ROW: Final = common.BarColumns("kline", columns=12, trades=8)
 
 # Validation lives in the types, so msgspec checks it in C while decoding: prices and
 # quantities finite and > 0 (NaN and inf fail these bounds), ids >= 0, times > 0.
-_Time = Annotated[int, msgspec.Meta(gt=0, le=INT64_MAX)]
+_Time = Annotated[int, msgspec.Meta(gt=0, le=common.INT64_MAX)]
 _Positive = Annotated[float, msgspec.Meta(gt=0.0, le=sys.float_info.max)]
 _NonNegative = Annotated[float, msgspec.Meta(ge=0.0, le=sys.float_info.max)]
 
 
-class _TradeEvent(msgspec.Struct, tag_field="e", tag="trade", gc=False):
-    symbol: SymbolField = msgspec.field(name="s")
-    trade_id: TradeIdField = msgspec.field(name="t")
-    price: AmountField = msgspec.field(name="p")
-    qty: AmountField = msgspec.field(name="q")
+class _Fill(msgspec.Struct, tag_field="e", gc=False):
+    """The fields a trade and an aggregate trade event share."""
+
+    symbol: common.SymbolField = msgspec.field(name="s")
+    price: common.AmountField = msgspec.field(name="p")
+    qty: common.AmountField = msgspec.field(name="q")
     trade_time: _Time = msgspec.field(name="T")
     buyer_is_maker: bool = msgspec.field(name="m")
 
 
-class _AggTradeEvent(msgspec.Struct, tag_field="e", tag="aggTrade", gc=False):
-    symbol: SymbolField = msgspec.field(name="s")
-    trade_id: TradeIdField = msgspec.field(name="a")  # the aggregate trade id
-    price: AmountField = msgspec.field(name="p")
-    qty: AmountField = msgspec.field(name="q")
-    trade_time: _Time = msgspec.field(name="T")
-    buyer_is_maker: bool = msgspec.field(name="m")
+class _TradeEvent(_Fill, tag="trade", gc=False):
+    trade_id: common.TradeIdField = msgspec.field(name="t")
+
+
+class _AggTradeEvent(_Fill, tag="aggTrade", gc=False):
+    trade_id: common.TradeIdField = msgspec.field(name="a")  # the aggregate trade id
 
 
 class _Kline(msgspec.Struct, gc=False):
@@ -89,12 +78,12 @@ class _Kline(msgspec.Struct, gc=False):
     low: _Positive = msgspec.field(name="l")
     close: _Positive = msgspec.field(name="c")
     volume: _NonNegative = msgspec.field(name="v")
-    trades: Annotated[int, msgspec.Meta(ge=0, le=INT64_MAX)] = msgspec.field(name="n")
+    trades: Annotated[int, msgspec.Meta(ge=0, le=common.INT64_MAX)] = msgspec.field(name="n")
     closed: bool = msgspec.field(name="x")
 
 
 class _KlineEvent(msgspec.Struct, tag_field="e", tag="kline", gc=False):
-    symbol: SymbolField = msgspec.field(name="s")
+    symbol: common.SymbolField = msgspec.field(name="s")
     kline: _Kline = msgspec.field(name="k")
 
 
@@ -117,43 +106,47 @@ _EVENT_TYPES: Final[dict[str, type[_TradeEvent | _AggTradeEvent | _KlineEvent]]]
 _COMBINED_HINT: Final = frozenset((ord("s"), "s"))
 
 
-class BinanceSpot:
-    """Binance spot protocol knowledge; stateless, so one shared instance serves every feed."""
+class BinanceSpot(common.Venue):
+    """Binance spot protocol knowledge; stateless, so one shared instance serves every feed.
 
-    name: str = _NAME
-    default_ws_url: str = "wss://stream.binance.com:9443"
-    default_rest_url: str = "https://api.binance.com"
-    max_streams_per_connection: int = 1024
+    One combined-stream connection per ``1024 // len(channels)`` symbols, subscribed
+    ``_STREAMS_PER_SUBSCRIBE`` streams a message.
+    """
+
+    name = _NAME
+    default_ws_url = "wss://stream.binance.com:9443"
+    default_rest_url = "https://api.binance.com"
+    channels = _CHANNELS
+    max_streams_per_connection = 1024
     max_connection_age_s: float | None = 86400.0
     # Binance allows 300 attempts per 5 minutes per IP (1/s); stay at half of that.
-    connect_attempts_per_s: float = 0.5
-    max_bars_per_request: int = 1000
+    connect_attempts_per_s = 0.5
+    max_bars_per_request = 1000
     # /api/v3/klines weighs 2 of the 6000 request weight per minute per IP: 10 req/s uses 20 %.
-    min_request_interval_s: float = 0.1
-    rest_weight: RestWeight | None = RestWeight("X-MBX-USED-WEIGHT-1M", 6000, 2)
-    # messages a client may send per second and connection, pings and pongs included
-    max_client_messages_per_s: int = 5
+    min_request_interval_s = 0.1
+    rules = VenueRules(
+        rest_weight=RestWeight("X-MBX-USED-WEIGHT-1M", 6000, 2),
+        # messages a client may send per second and connection, pings and pongs included
+        max_client_messages_per_s=5,
+    )
 
-    def connections(
-        self, ws_url: str, symbols: list[str], channels: list[str]
-    ) -> list[ConnectionPlan]:
-        """One combined-stream connection per ``1024 // len(channels)`` symbols, subscribed
-        ``_STREAMS_PER_SUBSCRIBE`` streams a message."""
-        check_subscription(_NAME, symbols, channels, _CHANNELS)
+    def stream_url(self, ws_url: str) -> str:
+        return ws_url.rstrip("/") + "/stream"
+
+    def check_symbols(self, symbols: list[str]) -> None:
         for symbol in symbols:
             if not symbol or not symbol.isalnum() or not symbol.isascii():
                 raise ValueError(f"binance: bad symbol {symbol!r} (expected e.g. 'BTCUSDT')")
 
-        def subscribe(chunk: list[str]) -> tuple[str, ...]:
-            streams = [f"{symbol.lower()}@{channel}" for symbol in chunk for channel in channels]
-            n = _STREAMS_PER_SUBSCRIBE
-            return tuple(
-                encode_json({"method": "SUBSCRIBE", "params": streams[i : i + n], "id": 1 + i // n})
-                for i in range(0, len(streams), n)
+    def subscribe(self, symbols: list[str], channels: list[str]) -> tuple[str, ...]:
+        streams = [f"{symbol.lower()}@{channel}" for symbol in symbols for channel in channels]
+        n = _STREAMS_PER_SUBSCRIBE
+        return tuple(
+            common.encode_json(
+                {"method": "SUBSCRIBE", "params": streams[i : i + n], "id": 1 + i // n}
             )
-
-        url = ws_url.rstrip("/") + "/stream"
-        return split_connections(url, symbols, channels, self.max_streams_per_connection, subscribe)
+            for i in range(0, len(streams), n)
+        )
 
     def parse(self, raw: bytes | str) -> Sequence[Trade | Bar | Reconnect]:
         """Parse one raw-stream or combined-stream frame.
@@ -188,13 +181,14 @@ class BinanceSpot:
 
     def _parse_slow(self, raw: bytes | str) -> Sequence[Trade | Bar | Reconnect]:
         """Classify a frame that is not a well-formed trade/aggTrade/kline event."""
-        frame = decode_any(raw)
+        frame = common.decode_any(raw)
         if isinstance(frame, list):
             return []  # array streams such as !ticker@arr
-        if not isinstance(frame, dict):
-            raise FrameError("bad_type", f"top-level JSON {type(frame).__name__}, not an object")
+        frame = common.frame_object(frame)
         if "code" in frame and "msg" in frame:
-            raise FrameError("exchange_error", bounded(f"code {frame['code']}: {frame['msg']}"))
+            raise FrameError(
+                "exchange_error", common.bounded(f"code {frame['code']}: {frame['msg']}")
+            )
         event: Any = frame.get("data", frame) if "stream" in frame else frame
         if not isinstance(event, dict):
             return []
@@ -204,19 +198,14 @@ class BinanceSpot:
         event_type = _EVENT_TYPES.get(tag) if isinstance(tag, str) else None
         if event_type is None:
             return []  # ack, depth, bookTicker, ticker...: not ours
-        try:
-            typed = msgspec.convert(event, event_type, strict=False)
-        except msgspec.ValidationError as exc:
-            raise FrameError(validation_reason(exc), bounded(str(exc))) from None
-        return _records(typed)
+        return _records(common.convert(event, event_type))
 
     def bars_request(self, symbol: str, start_ms: int, end_ms: int) -> RestRequest:
         """``GET /api/v3/klines``; Binance's ``endTime`` is inclusive, hence ``end_ms - 1``.
 
         Binance returns the still-open minute too, so callers ask only for closed minutes.
         """
-        if end_ms <= start_ms:
-            raise ValueError(f"empty range [{start_ms}, {end_ms})")
+        common.check_range(start_ms, end_ms)
         return RestRequest(
             path="/api/v3/klines",
             params={
@@ -229,16 +218,15 @@ class BinanceSpot:
         )
 
     def parse_bars(self, symbol: str, raw: bytes) -> list[Bar]:
-        """Parse ``/api/v3/klines`` rows ``[open time, o, h, l, c, volume, close time,
-        quote volume, trades, taker buy base, taker buy quote, ignore]``."""
-        rows = decode_any(raw)
+        """Parse ``/api/v3/klines`` rows (``_KLINE_ROW``)."""
+        rows = common.decode_any(raw)
         if isinstance(rows, dict) and "code" in rows:
-            raise FrameError("exchange_error", bounded(f"code {rows['code']}: {rows.get('msg')}"))
+            raise FrameError(
+                "exchange_error", common.bounded(f"code {rows['code']}: {rows.get('msg')}")
+            )
         if not isinstance(rows, list):
             raise FrameError("bad_type", "klines response is not a list")
-        bars = [_rest_bar(symbol, row) for row in rows]
-        bars.sort(key=lambda bar: bar.open_time_ms)
-        return bars
+        return common.oldest_first(common.row_bar(_NAME, symbol, row, _KLINE_ROW) for row in rows)
 
 
 def _records(event: _TradeEvent | _AggTradeEvent | _KlineEvent) -> list[Trade | Bar]:
@@ -256,28 +244,10 @@ def _kline_bar(event: _KlineEvent) -> list[Trade | Bar]:
     if not k.closed or k.interval != "1m":
         return []
     return [
-        checked_bar(
+        common.checked_bar(
             _NAME, event.symbol, k.open_time, k.open, k.high, k.low, k.close, k.volume, k.trades
         )
     ]
-
-
-def _rest_bar(symbol: str, row: object) -> Bar:
-    if not isinstance(row, list):
-        raise FrameError("bad_type", "kline row is not an array")
-    if len(row) < 9:
-        raise FrameError("missing_field", f"kline row has {len(row)} columns, expected 12")
-    return checked_bar(
-        _NAME,
-        symbol,
-        cell_integer(row[0], "open time"),
-        cell_number(row[1], "open"),
-        cell_number(row[2], "high"),
-        cell_number(row[3], "low"),
-        cell_number(row[4], "close"),
-        cell_number(row[5], "volume"),
-        cell_integer(row[8], "trade count"),
-    )
 
 
 BINANCE: Final = BinanceSpot()

@@ -34,22 +34,8 @@ from typing import Annotated, Any, Final, Literal
 
 import msgspec
 
-from streamer.core.exchanges._common import (
-    INT64_MAX,
-    AmountField,
-    TradeIdField,
-    bounded,
-    cell_integer_text,
-    cell_number,
-    check_compact_symbols,
-    check_subscription,
-    checked_bar,
-    decode_any,
-    encode_json,
-    split_connections,
-    validation_reason,
-)
-from streamer.core.exchanges.base import ConnectionPlan, FrameError, Reconnect, RestRequest
+from streamer.core.exchanges import _common as common
+from streamer.core.exchanges.base import FrameError, Reconnect, RestRequest, VenueRules
 from streamer.core.types import MINUTE_MS, Bar, Side, Trade
 
 __all__ = ["BITSTAMP", "KEEPALIVE_MESSAGE", "BitstampSpot"]
@@ -62,14 +48,14 @@ REQUEST_RECONNECT: Final = Reconnect("request_reconnect")
 KEEPALIVE_MESSAGE: Final = '{"event":"bts:heartbeat"}'
 
 # microseconds, at least 1 ms after the epoch
-_Micros = Annotated[int, msgspec.Meta(ge=1000, le=INT64_MAX)]
+_Micros = Annotated[int, msgspec.Meta(ge=1000, le=common.INT64_MAX)]
 _TAKER: Final[tuple[Side, Side]] = ("buy", "sell")
 
 
 class _Trade(msgspec.Struct, gc=False):
-    trade_id: TradeIdField = msgspec.field(name="id")
-    price: AmountField = msgspec.field(name="price_str")
-    qty: AmountField = msgspec.field(name="amount_str")
+    trade_id: common.TradeIdField = msgspec.field(name="id")
+    price: common.AmountField = msgspec.field(name="price_str")
+    qty: common.AmountField = msgspec.field(name="amount_str")
     taker: Literal[0, 1] = msgspec.field(name="type")
     micros: _Micros = msgspec.field(name="microtimestamp")
 
@@ -83,42 +69,30 @@ class _TradeEvent(msgspec.Struct, tag_field="event", tag="trade", gc=False):
 _DECODER: Final = msgspec.json.Decoder(_TradeEvent, strict=False)
 
 
-class BitstampSpot:
+class BitstampSpot(common.Venue):
     """Bitstamp protocol knowledge; stateless and shared."""
 
-    name: str = _NAME
-    default_ws_url: str = "wss://ws.bitstamp.net"
-    default_rest_url: str = "https://www.bitstamp.net"
-    # One subscribe message per channel; no documented cap per connection.
-    max_streams_per_connection: int = 100
-    max_connection_age_s: float | None = None
-    # No published figure; stay gentle.
-    connect_attempts_per_s: float = 0.5
-    max_bars_per_request: int = _MAX_CANDLES
+    name = _NAME
+    default_ws_url = "wss://ws.bitstamp.net"
+    default_rest_url = "https://www.bitstamp.net"
+    channels = _CHANNELS
+    # No published figure for connection attempts: the default.
+    max_bars_per_request = _MAX_CANDLES
     # 400 requests per second but 10,000 per 10 minutes per client; 10 req/s stays below.
-    min_request_interval_s: float = 0.1
-    # an application-level ping the feed sends every ``keepalive_interval_s``
-    keepalive_message: str | None = KEEPALIVE_MESSAGE
-    keepalive_interval_s: float = 20.0
+    min_request_interval_s = 0.1
+    rules = VenueRules(keepalive_message=KEEPALIVE_MESSAGE)
 
-    def connections(
-        self, ws_url: str, symbols: list[str], channels: list[str]
-    ) -> list[ConnectionPlan]:
+    def check_symbols(self, symbols: list[str]) -> None:
+        common.check_compact_symbols(_NAME, symbols, "BTCUSD")
+
+    def subscribe(self, symbols: list[str], channels: list[str]) -> tuple[str, ...]:
         """One ``bts:subscribe`` message per channel and pair, ``BTCUSD`` sent as ``btcusd``."""
-        check_subscription(_NAME, symbols, channels, _CHANNELS)
-        check_compact_symbols(_NAME, symbols, "BTCUSD")
-
-        def subscribe(chunk: list[str]) -> tuple[str, ...]:
-            return tuple(
-                encode_json(
-                    {"event": "bts:subscribe", "data": {"channel": f"{channel}_{symbol.lower()}"}}
-                )
-                for symbol in chunk
-                for channel in channels
+        return tuple(
+            common.encode_json(
+                {"event": "bts:subscribe", "data": {"channel": f"{channel}_{symbol.lower()}"}}
             )
-
-        return split_connections(
-            ws_url, symbols, channels, self.max_streams_per_connection, subscribe
+            for symbol in symbols
+            for channel in channels
         )
 
     def parse(self, raw: bytes | str) -> Sequence[Trade | Bar | Reconnect]:
@@ -133,14 +107,12 @@ class BitstampSpot:
         return [_trade(event)]
 
     def _parse_slow(self, raw: bytes | str) -> Sequence[Trade | Bar | Reconnect]:
-        frame = decode_any(raw)
-        if not isinstance(frame, dict):
-            raise FrameError("bad_type", f"top-level JSON {type(frame).__name__}, not an object")
+        frame = common.frame_object(common.decode_any(raw))
         kind = frame.get("event")
         if kind == "bts:error":
             data = frame.get("data")
             message = data.get("message") if isinstance(data, dict) else data
-            raise FrameError("exchange_error", bounded(str(message)))
+            raise FrameError("exchange_error", common.bounded(str(message)))
         if kind == "bts:request_reconnect":
             return [REQUEST_RECONNECT]
         if kind != "trade":
@@ -148,11 +120,7 @@ class BitstampSpot:
         channel = frame.get("channel")
         if isinstance(channel, str) and not channel.startswith(_CHANNEL_PREFIX):
             return []
-        try:
-            event = msgspec.convert(frame, _TradeEvent, strict=False)
-        except msgspec.ValidationError as exc:
-            raise FrameError(validation_reason(exc), bounded(str(exc))) from None
-        return [_trade(event)]
+        return [_trade(common.convert(frame, _TradeEvent))]
 
     def bars_request(self, symbol: str, start_ms: int, end_ms: int) -> RestRequest:
         """``GET /api/v2/ohlc/<pair>/`` for the first 1000 minutes of ``[start_ms, end_ms)``.
@@ -161,8 +129,7 @@ class BitstampSpot:
         uses ``end`` (``limit`` rows up to it). ``limit`` is exactly the page's minutes, so the
         page is the same whichever bound Bitstamp honours.
         """
-        if end_ms <= start_ms:
-            raise ValueError(f"empty range [{start_ms}, {end_ms})")
+        common.check_range(start_ms, end_ms)
         first_ms = -(-start_ms // MINUTE_MS) * MINUTE_MS
         page_end_ms = min(end_ms, first_ms + _MAX_CANDLES * MINUTE_MS)
         last_ms = max(first_ms, (page_end_ms - 1) // MINUTE_MS * MINUTE_MS)
@@ -179,26 +146,22 @@ class BitstampSpot:
 
     def parse_bars(self, symbol: str, raw: bytes) -> list[Bar]:
         """OHLC objects -> bars, oldest first, ``trades=0``."""
-        response = decode_any(raw)
-        if not isinstance(response, dict):
-            raise FrameError("bad_type", "OHLC response is not an object")
+        response = common.response_object(raw, "OHLC")
         data = response.get("data")
         if not isinstance(data, dict):
             if "errors" in response or "code" in response or response.get("status") == "error":
-                raise FrameError("exchange_error", bounded(str(response)))
+                raise FrameError("exchange_error", common.bounded(str(response)))
             raise FrameError("missing_field", "OHLC response has no data object")
         rows = data.get("ohlc")
         if not isinstance(rows, list):
             raise FrameError("bad_type", "OHLC data has no list of candles")
-        bars = [_ohlc_bar(symbol, row) for row in rows]
-        bars.sort(key=lambda bar: bar.open_time_ms)
-        return bars
+        return common.oldest_first(_ohlc_bar(symbol, row) for row in rows)
 
 
 def _trade(event: _TradeEvent) -> Trade:
     pair = event.channel[len(_CHANNEL_PREFIX) :]
     if not pair or not pair.isascii() or not pair.isalnum():
-        raise FrameError("bad_value", bounded(f"channel {event.channel!r} names no pair"))
+        raise FrameError("bad_value", common.bounded(f"channel {event.channel!r} names no pair"))
     t = event.data
     return Trade(_NAME, pair.upper(), t.trade_id, t.micros // 1000, t.price, t.qty, _TAKER[t.taker])
 
@@ -210,13 +173,12 @@ def _ohlc_bar(symbol: str, row: Any) -> Bar:
     missing = [k for k in ("timestamp", "open", "high", "low", "close", "volume") if k not in row]
     if missing:
         raise FrameError("missing_field", f"OHLC row lacks {missing}")
-    time_s = cell_integer_text(row["timestamp"], "OHLC timestamp")
+    time_s = common.cell_integer_text(row["timestamp"], "OHLC timestamp")
     open_, high, low, close, volume = (
-        cell_number(row[k], f"OHLC {k}") for k in ("open", "high", "low", "close", "volume")
+        common.cell_number(row[k], f"OHLC {k}") for k in ("open", "high", "low", "close", "volume")
     )
-    if not 0 < time_s <= INT64_MAX // 1000:
-        raise FrameError("bad_value", f"OHLC timestamp {time_s} out of range")
-    return checked_bar(_NAME, symbol, time_s * 1000, open_, high, low, close, volume, 0)
+    open_time_ms = common.seconds_to_ms(time_s, "OHLC timestamp")
+    return common.checked_bar(_NAME, symbol, open_time_ms, open_, high, low, close, volume, 0)
 
 
 BITSTAMP: Final = BitstampSpot()

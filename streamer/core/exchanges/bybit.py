@@ -32,30 +32,15 @@ current minute gets it unfinished, so callers ask only for closed minutes.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Annotated, Any, Final, Literal
+from typing import Annotated, Final, Literal
 
 import msgspec
 
-from streamer.core.exchanges._common import (
-    INT64_MAX,
-    AmountField,
-    SymbolField,
-    TextTradeIdField,
-    bounded,
-    cell_integer_text,
-    cell_number,
-    check_compact_symbols,
-    check_subscription,
-    checked_bar,
-    decode_any,
-    encode_json,
-    split_connections,
-    validation_reason,
-)
-from streamer.core.exchanges.base import ConnectionPlan, FrameError, Reconnect, RestRequest
-from streamer.core.types import MINUTE_MS, Bar, Side, Trade
+from streamer.core.exchanges import _common as common
+from streamer.core.exchanges.base import FrameError, Reconnect, RestRequest, VenueRules
+from streamer.core.types import Bar, Side, Trade
 
-__all__ = ["BYBIT", "KEEPALIVE_INTERVAL_S", "KEEPALIVE_MESSAGE", "BybitSpot"]
+__all__ = ["BYBIT", "KEEPALIVE_MESSAGE", "BybitSpot"]
 
 _NAME: Final = "bybit"
 _CHANNELS: Final = ("publicTrade",)
@@ -63,19 +48,20 @@ _TOPIC_PREFIX: Final = "publicTrade."
 _ARGS_PER_SUBSCRIBE: Final = 10  # Bybit spot takes at most 10 topics per subscribe request
 _MAX_KLINES: Final = 1000
 KEEPALIVE_MESSAGE: Final = '{"op":"ping"}'
-KEEPALIVE_INTERVAL_S: Final = 20.0
+# [start, open, high, low, close, volume, turnover], all strings
+_KLINE_ROW: Final = common.BarColumns("kline", columns=7, time_as_text=True)
 
-_Time = Annotated[int, msgspec.Meta(gt=0, le=INT64_MAX)]
+_Time = Annotated[int, msgspec.Meta(gt=0, le=common.INT64_MAX)]
 _TAKER: Final[dict[str, Side]] = {"Buy": "buy", "Sell": "sell"}
 
 
 class _Trade(msgspec.Struct, gc=False):
-    trade_id: TextTradeIdField = msgspec.field(name="i")
+    trade_id: common.TextTradeIdField = msgspec.field(name="i")
     ts: _Time = msgspec.field(name="T")
-    symbol: SymbolField = msgspec.field(name="s")
+    symbol: common.SymbolField = msgspec.field(name="s")
     side: Literal["Buy", "Sell"] = msgspec.field(name="S")
-    qty: AmountField = msgspec.field(name="v")
-    price: AmountField = msgspec.field(name="p")
+    qty: common.AmountField = msgspec.field(name="v")
+    price: common.AmountField = msgspec.field(name="p")
 
 
 class _Push(msgspec.Struct, gc=False):
@@ -88,42 +74,35 @@ class _Push(msgspec.Struct, gc=False):
 _DECODER: Final = msgspec.json.Decoder(_Push, strict=False)
 
 
-class BybitSpot:
-    """Bybit spot (API v5) protocol knowledge; stateless and shared."""
+class BybitSpot(common.Venue):
+    """Bybit spot (API v5) protocol knowledge; stateless and shared.
 
-    name: str = _NAME
-    default_ws_url: str = "wss://stream.bybit.com/v5/public/spot"
-    default_rest_url: str = "https://api.bybit.com"
-    # Bybit limits the subscribe args of one connection by length (21,000 characters), not by
-    # count; a modest cap keeps a reconnect cheap.
-    max_streams_per_connection: int = 100
-    max_connection_age_s: float | None = None
+    Bybit limits the subscribe args of one connection by length (21,000 characters), not by
+    count; the common cap of 100 keeps a reconnect cheap.
+    """
+
+    name = _NAME
+    default_ws_url = "wss://stream.bybit.com/v5/public/spot"
+    default_rest_url = "https://api.bybit.com"
+    channels = _CHANNELS
     # Bybit allows 500 connections per 5 minutes per IP (1.7/s); stay lower.
-    connect_attempts_per_s: float = 1.0
-    max_bars_per_request: int = _MAX_KLINES
+    connect_attempts_per_s = 1.0
+    max_bars_per_request = _MAX_KLINES
     # Market endpoints: 600 requests per 5 s per IP; 10 req/s stays far below.
-    min_request_interval_s: float = 0.1
-    # an application-level ping the feed sends every ``keepalive_interval_s``
-    keepalive_message: str | None = KEEPALIVE_MESSAGE
-    keepalive_interval_s: float = KEEPALIVE_INTERVAL_S
+    min_request_interval_s = 0.1
+    # sent every 20 s (the default interval), as Bybit recommends
+    rules = VenueRules(keepalive_message=KEEPALIVE_MESSAGE)
 
-    def connections(
-        self, ws_url: str, symbols: list[str], channels: list[str]
-    ) -> list[ConnectionPlan]:
+    def check_symbols(self, symbols: list[str]) -> None:
+        common.check_compact_symbols(_NAME, symbols, "BTCUSDT")
+
+    def subscribe(self, symbols: list[str], channels: list[str]) -> tuple[str, ...]:
         """``subscribe`` ops of at most 10 topics, ``publicTrade.<symbol>`` each."""
-        check_subscription(_NAME, symbols, channels, _CHANNELS)
-        check_compact_symbols(_NAME, symbols, "BTCUSDT")
-
-        def subscribe(chunk: list[str]) -> tuple[str, ...]:
-            topics = [f"{channel}.{symbol}" for symbol in chunk for channel in channels]
-            n = _ARGS_PER_SUBSCRIBE
-            return tuple(
-                encode_json({"op": "subscribe", "args": topics[i : i + n]})
-                for i in range(0, len(topics), n)
-            )
-
-        return split_connections(
-            ws_url, symbols, channels, self.max_streams_per_connection, subscribe
+        topics = [f"{channel}.{symbol}" for symbol in symbols for channel in channels]
+        n = _ARGS_PER_SUBSCRIBE
+        return tuple(
+            common.encode_json({"op": "subscribe", "args": topics[i : i + n]})
+            for i in range(0, len(topics), n)
         )
 
     def parse(self, raw: bytes | str) -> Sequence[Trade | Bar | Reconnect]:
@@ -137,26 +116,20 @@ class BybitSpot:
         return _trades(push)
 
     def _parse_slow(self, raw: bytes | str) -> Sequence[Trade | Bar | Reconnect]:
-        frame = decode_any(raw)
-        if not isinstance(frame, dict):
-            raise FrameError("bad_type", f"top-level JSON {type(frame).__name__}, not an object")
+        frame = common.frame_object(common.decode_any(raw))
         if frame.get("success") is False:
-            raise FrameError("exchange_error", bounded(str(frame.get("ret_msg"))))
+            raise FrameError("exchange_error", common.bounded(str(frame.get("ret_msg"))))
         topic = frame.get("topic")
         if not isinstance(topic, str):
             return []  # pong, subscribe ack
         if topic.startswith("trade."):
             raise FrameError(
                 "unsupported_protocol",
-                bounded(f"Bybit pre-v5 topic {topic!r}; this parser speaks v5 publicTrade"),
+                common.bounded(f"Bybit pre-v5 topic {topic!r}; this parser speaks v5 publicTrade"),
             )
         if not topic.startswith(_TOPIC_PREFIX):
             return []  # orderbook, tickers, kline, ...: not ours
-        try:
-            push = msgspec.convert(frame, _Push, strict=False)
-        except msgspec.ValidationError as exc:
-            raise FrameError(validation_reason(exc), bounded(str(exc))) from None
-        return _trades(push)
+        return _trades(common.convert(frame, _Push))
 
     def bars_request(self, symbol: str, start_ms: int, end_ms: int) -> RestRequest:
         """``GET /v5/market/kline`` for the first 1000 minutes of ``[start_ms, end_ms)``.
@@ -165,9 +138,7 @@ class BybitSpot:
         a longer range to does not matter; ``end`` is inclusive, hence one ms before the next
         page's first minute.
         """
-        if end_ms <= start_ms:
-            raise ValueError(f"empty range [{start_ms}, {end_ms})")
-        page_end_ms = min(end_ms, start_ms + _MAX_KLINES * MINUTE_MS)
+        end = common.page_end_ms(start_ms, end_ms, _MAX_KLINES)
         return RestRequest(
             path="/v5/market/kline",
             params={
@@ -175,50 +146,28 @@ class BybitSpot:
                 "symbol": symbol,
                 "interval": "1",
                 "start": str(start_ms),
-                "end": str(page_end_ms - 1),
+                "end": str(end - 1),
                 "limit": str(_MAX_KLINES),
             },
         )
 
     def parse_bars(self, symbol: str, raw: bytes) -> list[Bar]:
         """Kline rows (newest first) -> bars, oldest first, ``trades=0``."""
-        response = decode_any(raw)
-        if not isinstance(response, dict):
-            raise FrameError("bad_type", "kline response is not an object")
-        if "retCode" not in response:
-            raise FrameError("missing_field", "kline response has no retCode")
-        code = response["retCode"]
-        if code != 0:
-            raise FrameError("exchange_error", bounded(f"retCode {code}: {response.get('retMsg')}"))
+        response = common.response_object(raw, "kline")
+        common.check_status(response, "kline", "retCode", 0, "retMsg")
         result = response.get("result")
         if not isinstance(result, dict) or "list" not in result:
             raise FrameError("missing_field", "kline response has no result list")
         rows = result["list"]
         if not isinstance(rows, list):
             raise FrameError("bad_type", "kline result list is not a list")
-        bars = [_kline_bar(symbol, row) for row in rows]
-        bars.sort(key=lambda bar: bar.open_time_ms)
-        return bars
+        return common.oldest_first(common.row_bar(_NAME, symbol, row, _KLINE_ROW) for row in rows)
 
 
 def _trades(push: _Push) -> list[Trade | Bar | Reconnect]:
     return [
         Trade(_NAME, t.symbol, t.trade_id, t.ts, t.price, t.qty, _TAKER[t.side]) for t in push.data
     ]
-
-
-def _kline_bar(symbol: str, row: Any) -> Bar:
-    """``[start, open, high, low, close, volume, turnover]``, all strings."""
-    if not isinstance(row, list):
-        raise FrameError("bad_type", "kline row is not an array")
-    if len(row) < 6:
-        raise FrameError("missing_field", f"kline row has {len(row)} columns, expected 7")
-    open_, high, low, close, volume = (
-        cell_number(row[i], f"kline {what}")
-        for i, what in ((1, "open"), (2, "high"), (3, "low"), (4, "close"), (5, "volume"))
-    )
-    open_time_ms = cell_integer_text(row[0], "kline start")
-    return checked_bar(_NAME, symbol, open_time_ms, open_, high, low, close, volume, 0)
 
 
 BYBIT: Final = BybitSpot()

@@ -42,26 +42,8 @@ from typing import Any, Final, Literal
 
 import msgspec
 
-from streamer.core.exchanges._common import (
-    INT64_MAX,
-    TRADE_AMOUNT_MAX,
-    AmountField,
-    SymbolField,
-    TradeIdField,
-    bounded,
-    cell_integer,
-    cell_integer_text,
-    cell_number,
-    check_pair_symbols,
-    check_subscription,
-    checked_bar,
-    decode_any,
-    encode_json,
-    iso8601_to_ms,
-    split_connections,
-    validation_reason,
-)
-from streamer.core.exchanges.base import ConnectionPlan, FrameError, RestRequest
+from streamer.core.exchanges import _common as common
+from streamer.core.exchanges.base import FrameError, RestRequest, VenueRules
 from streamer.core.types import Bar, Trade
 
 __all__ = ["KRAKEN", "KrakenSpot", "rest_pair"]
@@ -72,14 +54,16 @@ _CHANNELS: Final = ("trade",)
 _REST_ASSET: Final = {"BTC": "XBT", "DOGE": "XDG"}
 TRADES_PER_PAGE: Final = 1000  # the most ``/0/public/Trades`` returns, and its default
 _TAKER: Final[dict[Any, Literal["buy", "sell"]]] = {"b": "buy", "s": "sell"}
+# [time_s, open, high, low, close, vwap, volume, count], decimals as strings
+_OHLC_ROW: Final = common.BarColumns("OHLC", columns=8, volume=6, trades=7, time_in_seconds=True)
 
 
 class _Trade(msgspec.Struct, gc=False):
-    symbol: SymbolField
+    symbol: common.SymbolField
     side: Literal["buy", "sell"]
-    price: AmountField
-    qty: AmountField
-    trade_id: TradeIdField
+    price: common.AmountField
+    qty: common.AmountField
+    trade_id: common.TradeIdField
     timestamp: str
 
 
@@ -105,47 +89,40 @@ def rest_pair(symbol: str) -> str:
     return _REST_ASSET.get(base, base) + _REST_ASSET.get(quote, quote)
 
 
-class KrakenSpot:
+class KrakenSpot(common.Venue):
     """Kraken spot WebSocket v2 and REST protocol knowledge; stateless and shared."""
 
-    name: str = _NAME
-    default_ws_url: str = "wss://ws.kraken.com/v2"
-    default_rest_url: str = "https://api.kraken.com"
-    # Kraken documents no per-connection symbol cap; a modest one keeps a reconnect cheap.
-    max_streams_per_connection: int = 100
-    max_connection_age_s: float | None = None
-    # No published figure; Cloudflare in front of Kraken throttles reconnect storms.
-    connect_attempts_per_s: float = 0.5
+    name = _NAME
+    default_ws_url = "wss://ws.kraken.com/v2"
+    default_rest_url = "https://api.kraken.com"
+    channels = _CHANNELS
+    # No published figure for connection attempts (the default); Cloudflare in front of Kraken
+    # throttles reconnect storms.
     # OHLC returns at most the 720 most recent entries (12 h of minutes), whatever ``since``.
-    max_bars_per_request: int = 720
-    # ... so OHLC reaches this far back; older minutes are backfilled from /0/public/Trades
-    bars_depth_minutes: int = 720
+    max_bars_per_request = 720
     # Public REST endpoints are throttled per IP at about one call per second.
-    min_request_interval_s: float = 1.0
-    # v2 trade ids count up by one per pair: a jump means missed trades
-    sequential_trade_ids: bool = True
+    min_request_interval_s = 1.0
+    rules = VenueRules(
+        # v2 trade ids count up by one per pair: a jump means missed trades
+        sequential_trade_ids=True,
+        # OHLC reaches this far back; older minutes are backfilled from /0/public/Trades
+        bars_depth_minutes=720,
+    )
 
-    def connections(
-        self, ws_url: str, symbols: list[str], channels: list[str]
-    ) -> list[ConnectionPlan]:
-        """One subscribe message per channel and connection, ``BTC-USD`` sent as ``BTC/USD``."""
-        check_subscription(_NAME, symbols, channels, _CHANNELS)
-        check_pair_symbols(_NAME, symbols)
+    def check_symbols(self, symbols: list[str]) -> None:
+        common.check_pair_symbols(_NAME, symbols)
 
-        def subscribe(chunk: list[str]) -> tuple[str, ...]:
-            wire = [symbol.replace("-", "/") for symbol in chunk]
-            return tuple(
-                encode_json(
-                    {
-                        "method": "subscribe",
-                        "params": {"channel": channel, "symbol": wire, "snapshot": False},
-                    }
-                )
-                for channel in channels
+    def subscribe(self, symbols: list[str], channels: list[str]) -> tuple[str, ...]:
+        """One subscribe message per channel, ``BTC-USD`` sent as ``BTC/USD``."""
+        wire = [symbol.replace("-", "/") for symbol in symbols]
+        return tuple(
+            common.encode_json(
+                {
+                    "method": "subscribe",
+                    "params": {"channel": channel, "symbol": wire, "snapshot": False},
+                }
             )
-
-        return split_connections(
-            ws_url, symbols, channels, self.max_streams_per_connection, subscribe
+            for channel in channels
         )
 
     def parse(self, raw: bytes | str) -> list[Trade | Bar]:
@@ -163,25 +140,22 @@ class KrakenSpot:
         return []
 
     def _parse_slow(self, raw: bytes | str) -> list[Trade | Bar]:
-        frame = decode_any(raw)
+        frame = common.decode_any(raw)
         if isinstance(frame, list):
             raise FrameError(
                 "unsupported_protocol",
-                bounded(f"Kraken WebSocket v1 data array ({frame[-2:]!r}); this parser is v2"),
+                common.bounded(
+                    f"Kraken WebSocket v1 data array ({frame[-2:]!r}); this parser is v2"
+                ),
             )
-        if not isinstance(frame, dict):
-            raise FrameError("bad_type", f"top-level JSON {type(frame).__name__}, not an object")
+        frame = common.frame_object(frame)
         if "method" in frame:  # v2 acknowledgement of subscribe, unsubscribe, ping...
             if frame.get("success") is False:
-                raise FrameError("exchange_error", bounded(str(frame.get("error"))))
+                raise FrameError("exchange_error", common.bounded(str(frame.get("error"))))
             return []
         if frame.get("channel") != "trade":
             return []  # v1 events, book, ticker, ... : not ours
-        try:
-            message = msgspec.convert(frame, _TradeMessage)
-        except msgspec.ValidationError as exc:
-            raise FrameError(validation_reason(exc), bounded(str(exc))) from None
-        return _trades(message)
+        return _trades(common.convert(frame, _TradeMessage, strict=True))
 
     def bars_request(self, symbol: str, start_ms: int, end_ms: int) -> RestRequest:
         """``GET /0/public/OHLC``; ``since`` is one second before ``start_ms``.
@@ -190,8 +164,7 @@ class KrakenSpot:
         first minute whether Kraken reads the bound as inclusive or exclusive. ``end_ms`` cannot
         be sent: Kraken returns up to 720 entries, and callers keep only those before it.
         """
-        if end_ms <= start_ms:
-            raise ValueError(f"empty range [{start_ms}, {end_ms})")
+        common.check_range(start_ms, end_ms)
         return RestRequest(
             path="/0/public/OHLC",
             params={"pair": rest_pair(symbol), "interval": "1", "since": str(start_ms // 1000 - 1)},
@@ -204,22 +177,10 @@ class KrakenSpot:
         field points at the row before it). That row would be a partial bar that later replaces
         a complete one, so it is dropped.
         """
-        response = decode_any(raw)
-        if not isinstance(response, dict):
-            raise FrameError("bad_type", "OHLC response is not an object")
-        errors = response.get("error")
-        if errors:
-            raise FrameError("exchange_error", bounded(str(errors)))
-        result = response.get("result")
-        if not isinstance(result, dict):
-            raise FrameError("missing_field", "OHLC response has no result object")
-        # Keyed by Kraken's internal pair name (XXBTZUSD for XBTUSD), next to "last".
-        tables = [rows for key, rows in result.items() if key != "last"]
-        if len(tables) != 1 or not isinstance(tables[0], list):
-            raise FrameError("bad_type", f"OHLC result holds {len(tables)} pair tables, expected 1")
-        bars = [_ohlc_bar(symbol, row) for row in tables[0][:-1]]
-        bars.sort(key=lambda bar: bar.open_time_ms)
-        return bars
+        rows = _pair_table(_result(raw, "OHLC"), "OHLC")
+        return common.oldest_first(
+            common.row_bar(_NAME, symbol, row, _OHLC_ROW) for row in rows[:-1]
+        )
 
     def trades_request(self, symbol: str, since_ns: int) -> RestRequest:
         """``GET /0/public/Trades``: the (up to) 1000 trades after ``since_ns``, oldest first."""
@@ -240,67 +201,49 @@ class KrakenSpot:
         The whole page is refused (``FrameError``) if any row is bad, as a WebSocket frame is:
         a page with holes would make bars that look complete.
         """
-        response = decode_any(raw)
-        if not isinstance(response, dict):
-            raise FrameError("bad_type", "Trades response is not an object")
-        errors = response.get("error")
-        if errors:
-            raise FrameError("exchange_error", bounded(str(errors)))
-        result = response.get("result")
-        if not isinstance(result, dict):
-            raise FrameError("missing_field", "Trades response has no result object")
+        result = _result(raw, "Trades")
         if "last" not in result:
             raise FrameError("missing_field", "Trades result has no last")
-        last_ns = cell_integer_text(result["last"], "Trades last")
-        if not 0 <= last_ns <= INT64_MAX:
+        last_ns = common.cell_integer_text(result["last"], "Trades last")
+        if not 0 <= last_ns <= common.INT64_MAX:
             raise FrameError("bad_value", f"Trades last {last_ns} out of range")
-        # Keyed by Kraken's pair name (XXBTZUSD for XBTUSD), next to "last".
-        tables = [rows for key, rows in result.items() if key != "last"]
-        if len(tables) != 1 or not isinstance(tables[0], list):
-            raise FrameError(
-                "bad_type", f"Trades result holds {len(tables)} pair tables, expected 1"
-            )
-        return [_rest_trade(symbol, row) for row in tables[0]], last_ns
+        return [_rest_trade(symbol, row) for row in _pair_table(result, "Trades")], last_ns
+
+
+def _result(raw: bytes, what: str) -> dict[str, Any]:
+    """The ``result`` object of a REST answer ``{"error": [...], "result": {...}}``."""
+    response = common.response_object(raw, what)
+    errors = response.get("error")
+    if errors:
+        raise FrameError("exchange_error", common.bounded(str(errors)))
+    result = response.get("result")
+    if not isinstance(result, dict):
+        raise FrameError("missing_field", f"{what} response has no result object")
+    return result
+
+
+def _pair_table(result: dict[str, Any], what: str) -> list[Any]:
+    """The one list in ``result`` besides ``last``: it is keyed by Kraken's internal pair name
+    (XXBTZUSD for XBTUSD)."""
+    tables = [rows for key, rows in result.items() if key != "last"]
+    if len(tables) != 1 or not isinstance(tables[0], list):
+        raise FrameError("bad_type", f"{what} result holds {len(tables)} pair tables, expected 1")
+    return tables[0]
 
 
 def _trades(message: _TradeMessage) -> list[Trade | Bar]:
-    trades: list[Trade | Bar] = []
-    for trade in message.data:
-        try:
-            ts_ms = iso8601_to_ms(trade.timestamp)
-        except (ValueError, OverflowError) as exc:
-            raise FrameError("bad_value", bounded(str(exc))) from None
-        if not 0 < ts_ms <= INT64_MAX:
-            raise FrameError("bad_value", f"timestamp {trade.timestamp!r} is not after 1970")
-        trades.append(
-            Trade(
-                _NAME,
-                trade.symbol.replace("/", "-"),
-                trade.trade_id,
-                ts_ms,
-                trade.price,
-                trade.qty,
-                trade.side,
-            )
+    return [
+        Trade(
+            _NAME,
+            t.symbol.replace("/", "-"),
+            t.trade_id,
+            common.frame_time_ms(t.timestamp, "timestamp"),
+            t.price,
+            t.qty,
+            t.side,
         )
-    return trades
-
-
-def _ohlc_bar(symbol: str, row: Any) -> Bar:
-    """``[time_s, open, high, low, close, vwap, volume, count]``, decimals as strings."""
-    if not isinstance(row, list):
-        raise FrameError("bad_type", "OHLC row is not an array")
-    if len(row) < 8:
-        raise FrameError("missing_field", f"OHLC row has {len(row)} columns, expected 8")
-    time_s = cell_integer(row[0], "OHLC time")
-    count = cell_integer(row[7], "OHLC count")
-    open_, high, low, close = (
-        cell_number(row[i], f"OHLC {what}") for i, what in enumerate("ohlc", start=1)
-    )
-    volume = cell_number(row[6], "OHLC volume")
-    if not 0 < time_s <= INT64_MAX // 1000:
-        raise FrameError("bad_value", f"OHLC time {time_s} out of range")
-    return checked_bar(_NAME, symbol, time_s * 1000, open_, high, low, close, volume, count)
+        for t in message.data
+    ]
 
 
 def _rest_trade(symbol: str, row: Any) -> Trade:
@@ -310,25 +253,22 @@ def _rest_trade(symbol: str, row: Any) -> Trade:
     error is far below one), then truncated to ms as the WebSocket's timestamps are, so a trade
     lands in the same minute and millisecond by either path.
     """
-    if not isinstance(row, list):
-        raise FrameError("bad_type", "Trades row is not an array")
-    if len(row) < 7:
-        raise FrameError("missing_field", f"Trades row has {len(row)} columns, expected 7")
-    price = cell_number(row[0], "Trades price")
-    qty = cell_number(row[1], "Trades volume")
-    if not (0.0 < price <= TRADE_AMOUNT_MAX and 0.0 < qty <= TRADE_AMOUNT_MAX):
-        raise FrameError("bad_value", bounded(f"Trades price/volume {row[0]!r}/{row[1]!r}"))
+    row = common.array_row(row, "Trades", 7, 7)
+    price = common.cell_number(row[0], "Trades price")
+    qty = common.cell_number(row[1], "Trades volume")
+    if not (0.0 < price <= common.TRADE_AMOUNT_MAX and 0.0 < qty <= common.TRADE_AMOUNT_MAX):
+        raise FrameError("bad_value", common.bounded(f"Trades price/volume {row[0]!r}/{row[1]!r}"))
     time_s = row[2]
     if isinstance(time_s, bool) or not isinstance(time_s, int | float):
         raise FrameError("bad_type", f"Trades time is {type(time_s).__name__}, not a number")
-    if not (math.isfinite(time_s) and 0 < time_s <= INT64_MAX // 1_000_000_000):
-        raise FrameError("bad_value", bounded(f"Trades time {time_s!r} out of range"))
+    if not (math.isfinite(time_s) and 0 < time_s <= common.INT64_MAX // 1_000_000_000):
+        raise FrameError("bad_value", common.bounded(f"Trades time {time_s!r} out of range"))
     ts_ms = round(time_s * 1_000_000) // 1000
     side = _TAKER.get(row[3]) if isinstance(row[3], str) else None
     if side is None:
-        raise FrameError("bad_value", bounded(f"Trades side {row[3]!r} is not b or s"))
-    trade_id = cell_integer(row[6], "Trades trade_id")
-    if not 0 <= trade_id <= INT64_MAX:
+        raise FrameError("bad_value", common.bounded(f"Trades side {row[3]!r} is not b or s"))
+    trade_id = common.cell_integer(row[6], "Trades trade_id")
+    if not 0 <= trade_id <= common.INT64_MAX:
         raise FrameError("bad_value", f"Trades trade_id {trade_id} out of range")
     if ts_ms <= 0:
         raise FrameError("bad_value", f"Trades time {time_s!r} is not after 1970")

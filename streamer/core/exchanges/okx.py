@@ -39,24 +39,9 @@ from typing import Annotated, Any, Final, Literal
 
 import msgspec
 
-from streamer.core.exchanges._common import (
-    INT64_MAX,
-    AmountField,
-    SymbolField,
-    TradeIdField,
-    bounded,
-    cell_integer_text,
-    cell_number,
-    check_pair_symbols,
-    check_subscription,
-    checked_bar,
-    decode_any,
-    encode_json,
-    split_connections,
-    validation_reason,
-)
-from streamer.core.exchanges.base import ConnectionPlan, FrameError, Reconnect, RestRequest
-from streamer.core.types import MINUTE_MS, Bar, Trade
+from streamer.core.exchanges import _common as common
+from streamer.core.exchanges.base import FrameError, Reconnect, RestRequest, VenueRules
+from streamer.core.types import Bar, Trade
 
 __all__ = ["KEEPALIVE_INTERVAL_S", "KEEPALIVE_MESSAGE", "OKX", "OkxSpot"]
 
@@ -68,15 +53,17 @@ _SERVICE_UPGRADE_CODE: Final = "64008"
 # OKX drops a connection silent for 30 s; send "ping" well before.
 KEEPALIVE_MESSAGE: Final = "ping"
 KEEPALIVE_INTERVAL_S: Final = 20.0
+# [ts, o, h, l, c, vol, volCcy, volCcyQuote, confirm]
+_CANDLE_ROW: Final = common.BarColumns("candle", columns=9, time_as_text=True)
 
-_Time = Annotated[int, msgspec.Meta(gt=0, le=INT64_MAX)]
+_Time = Annotated[int, msgspec.Meta(gt=0, le=common.INT64_MAX)]
 
 
 class _Trade(msgspec.Struct, gc=False):
-    inst_id: SymbolField = msgspec.field(name="instId")
-    trade_id: TradeIdField = msgspec.field(name="tradeId")
-    price: AmountField = msgspec.field(name="px")
-    qty: AmountField = msgspec.field(name="sz")
+    inst_id: common.SymbolField = msgspec.field(name="instId")
+    trade_id: common.TradeIdField = msgspec.field(name="tradeId")
+    price: common.AmountField = msgspec.field(name="px")
+    qty: common.AmountField = msgspec.field(name="sz")
     side: Literal["buy", "sell"]
     ts: _Time
 
@@ -95,39 +82,30 @@ _DECODER: Final = msgspec.json.Decoder(_Push, strict=False)
 _PONG: Final = frozenset((b"pong", "pong"))
 
 
-class OkxSpot:
-    """OKX spot protocol knowledge; stateless and shared."""
+class OkxSpot(common.Venue):
+    """OKX spot protocol knowledge; stateless and shared. OKX documents no per-connection cap
+    (only 64 KB of subscribe args)."""
 
-    name: str = _NAME
-    default_ws_url: str = "wss://ws.okx.com:8443/ws/v5/public"
-    default_rest_url: str = "https://www.okx.com"
-    # No documented per-connection cap (only 64 KB of subscribe args); a modest one keeps a
-    # reconnect cheap.
-    max_streams_per_connection: int = 100
-    max_connection_age_s: float | None = None
+    name = _NAME
+    default_ws_url = "wss://ws.okx.com:8443/ws/v5/public"
+    default_rest_url = "https://www.okx.com"
+    channels = _CHANNELS
     # OKX allows 3 connection requests per second per IP; use half.
-    connect_attempts_per_s: float = 1.5
-    max_bars_per_request: int = _MAX_CANDLES
+    connect_attempts_per_s = 1.5
+    max_bars_per_request = _MAX_CANDLES
     # history-candles: 20 requests per 2 s per IP; stay at half.
-    min_request_interval_s: float = 0.2
-    # an application-level ping the feed sends every ``keepalive_interval_s``
-    keepalive_message: str | None = KEEPALIVE_MESSAGE
-    keepalive_interval_s: float = KEEPALIVE_INTERVAL_S
+    min_request_interval_s = 0.2
+    rules = VenueRules(
+        keepalive_message=KEEPALIVE_MESSAGE, keepalive_interval_s=KEEPALIVE_INTERVAL_S
+    )
 
-    def connections(
-        self, ws_url: str, symbols: list[str], channels: list[str]
-    ) -> list[ConnectionPlan]:
+    def check_symbols(self, symbols: list[str]) -> None:
+        common.check_pair_symbols(_NAME, symbols)
+
+    def subscribe(self, symbols: list[str], channels: list[str]) -> tuple[str, ...]:
         """One ``subscribe`` op per connection, one arg per symbol and channel."""
-        check_subscription(_NAME, symbols, channels, _CHANNELS)
-        check_pair_symbols(_NAME, symbols)
-
-        def subscribe(chunk: list[str]) -> tuple[str, ...]:
-            args = [{"channel": c, "instId": symbol} for symbol in chunk for c in channels]
-            return (encode_json({"op": "subscribe", "args": args}),)
-
-        return split_connections(
-            ws_url, symbols, channels, self.max_streams_per_connection, subscribe
-        )
+        args = [{"channel": c, "instId": symbol} for symbol in symbols for c in channels]
+        return (common.encode_json({"op": "subscribe", "args": args}),)
 
     def parse(self, raw: bytes | str) -> Sequence[Trade | Bar | Reconnect]:
         """A ``trades`` push gives its trades; ``pong``, acks and other channels give ``[]``."""
@@ -140,13 +118,11 @@ class OkxSpot:
     def _parse_slow(self, raw: bytes | str) -> Sequence[Trade | Bar | Reconnect]:
         if raw in _PONG:
             return []
-        frame = decode_any(raw)
-        if not isinstance(frame, dict):
-            raise FrameError("bad_type", f"top-level JSON {type(frame).__name__}, not an object")
+        frame = common.frame_object(common.decode_any(raw))
         event = frame.get("event")
         if event == "error":
             raise FrameError(
-                "exchange_error", bounded(f"code {frame.get('code')}: {frame.get('msg')}")
+                "exchange_error", common.bounded(f"code {frame.get('code')}: {frame.get('msg')}")
             )
         if event == "notice":
             return [SERVICE_UPGRADE] if frame.get("code") == _SERVICE_UPGRADE_CODE else []
@@ -155,11 +131,7 @@ class OkxSpot:
         arg = frame.get("arg")
         if not isinstance(arg, dict) or arg.get("channel") != "trades":
             return []  # books, tickers, ...: not ours
-        try:
-            push = msgspec.convert(frame, _Push, strict=False)
-        except msgspec.ValidationError as exc:
-            raise FrameError(validation_reason(exc), bounded(str(exc))) from None
-        return _trades(push)
+        return _trades(common.convert(frame, _Push))
 
     def bars_request(self, symbol: str, start_ms: int, end_ms: int) -> RestRequest:
         """The first page of at most 100 candles opening in ``[start_ms, end_ms)``.
@@ -169,15 +141,13 @@ class OkxSpot:
         minutes; one millisecond inside each bound keeps the edge minutes whether OKX reads
         the bounds as exclusive or inclusive.
         """
-        if end_ms <= start_ms:
-            raise ValueError(f"empty range [{start_ms}, {end_ms})")
-        page_end_ms = min(end_ms, start_ms + _MAX_CANDLES * MINUTE_MS)
+        end = common.page_end_ms(start_ms, end_ms, _MAX_CANDLES)
         return RestRequest(
             path="/api/v5/market/history-candles",
             params={
                 "instId": symbol,
                 "bar": "1m",
-                "after": str(page_end_ms - 1),
+                "after": str(end - 1),
                 "before": str(start_ms - 1),
                 "limit": str(_MAX_CANDLES),
             },
@@ -185,20 +155,14 @@ class OkxSpot:
 
     def parse_bars(self, symbol: str, raw: bytes) -> list[Bar]:
         """Candle rows (newest first) -> confirmed bars, oldest first, ``trades=0``."""
-        response = decode_any(raw)
-        if not isinstance(response, dict):
-            raise FrameError("bad_type", "candles response is not an object")
-        if "code" not in response:
-            raise FrameError("missing_field", "candles response has no code")
-        code = response["code"]
-        if code != "0":
-            raise FrameError("exchange_error", bounded(f"code {code}: {response.get('msg')}"))
+        response = common.response_object(raw, "candles")
+        common.check_status(response, "candles", "code", "0", "msg")
         rows = response.get("data")
         if not isinstance(rows, list):
             raise FrameError("bad_type", "candles response data is not a list")
-        bars = [bar for row in rows if (bar := _candle_bar(symbol, row)) is not None]
-        bars.sort(key=lambda bar: bar.open_time_ms)
-        return bars
+        return common.oldest_first(
+            bar for row in rows if (bar := _candle_bar(symbol, row)) is not None
+        )
 
 
 def _trades(push: _Push) -> list[Trade | Bar | Reconnect]:
@@ -206,22 +170,15 @@ def _trades(push: _Push) -> list[Trade | Bar | Reconnect]:
 
 
 def _candle_bar(symbol: str, row: Any) -> Bar | None:
-    """``[ts, o, h, l, c, vol, volCcy, volCcyQuote, confirm]``; None for an unconfirmed row."""
-    if not isinstance(row, list):
-        raise FrameError("bad_type", "candle row is not an array")
-    if len(row) < 9:
-        raise FrameError("missing_field", f"candle row has {len(row)} columns, expected 9")
-    confirm = row[8]
+    """A ``_CANDLE_ROW``; None for an unconfirmed row."""
+    confirm = common.array_row(row, "candle", 9, 9)[8]
     if confirm not in ("0", "1"):
-        raise FrameError("bad_value", bounded(f"candle confirm {confirm!r} is not '0' or '1'"))
+        raise FrameError(
+            "bad_value", common.bounded(f"candle confirm {confirm!r} is not '0' or '1'")
+        )
     if confirm == "0":
         return None  # the minute still in progress
-    open_, high, low, close, volume = (
-        cell_number(row[i], f"candle {what}")
-        for i, what in ((1, "open"), (2, "high"), (3, "low"), (4, "close"), (5, "volume"))
-    )
-    open_time_ms = cell_integer_text(row[0], "candle time")
-    return checked_bar(_NAME, symbol, open_time_ms, open_, high, low, close, volume, 0)
+    return common.row_bar(_NAME, symbol, row, _CANDLE_ROW)
 
 
 OKX: Final = OkxSpot()

@@ -19,6 +19,7 @@ import hashlib
 import logging
 import time
 from collections import Counter
+from dataclasses import KW_ONLY, dataclass
 
 from streamer.io.model.registries import Registry, RegistryUnavailable
 from streamer.io.model.session import (
@@ -36,6 +37,7 @@ from streamer.io.waits import wait_event
 log = logging.getLogger(__name__)
 
 
+@dataclass(eq=False)
 class RegistryWatcher:
     """Follows the registry's current version and hot-swaps the server's model after checks.
 
@@ -43,22 +45,15 @@ class RegistryWatcher:
     metrics collector at scrape time.
     """
 
-    def __init__(
-        self,
-        registry: Registry,
-        server: ModelServer,
-        *,
-        poll_interval_s: float = 5.0,
-        retry_failed_s: float = 300.0,
-        smoke_windows: SmokeWindows | None = None,
-        max_window: int | None = None,
-    ) -> None:
-        self.registry = registry
-        self.server = server
-        self.poll_interval_s = poll_interval_s
-        self.retry_failed_s = retry_failed_s
-        self.smoke_windows = smoke_windows
-        self.max_window = max_window  # bars per symbol in memory; None: no limit
+    registry: Registry
+    server: ModelServer
+    _: KW_ONLY
+    poll_interval_s: float = 5.0
+    retry_failed_s: float = 300.0
+    smoke_windows: SmokeWindows | None = None
+    max_window: int | None = None  # bars per symbol in memory; None: no limit
+
+    def __post_init__(self) -> None:
         self.reload_successes_total = 0
         self.reload_failures_total: Counter[str] = Counter()
         self.registry_errors_total = 0
