@@ -54,11 +54,14 @@ class RestBackfill:
         metrics: Metrics | None = None,
         max_attempts: int = 5,
         clock: Callable[[], int] = wall_clock_ms,
+        wall_s: Callable[[], float] = time.time,
     ) -> None:
         """``clock``: epoch ms, the daemon's now (the replay's clock in tests), which decides
-        whether a range is older than the venue's REST bars reach (``choose_pager``)."""
+        whether a range is older than the venue's REST bars reach (``choose_pager``).
+        ``wall_s``: epoch seconds, which decide the venue's weight minute."""
         self.exchange = exchange
         self._clock = clock
+        self._wall_s = wall_s
         self.rest_url = rest_url.rstrip("/")
         self._session = session
         self._metrics = metrics
@@ -124,7 +127,7 @@ class RestBackfill:
             if ban_left > 0:
                 raise Banned(f"{where}: no request until the ban ends", retry_after_s=ban_left)
             delay = max(
-                self._next_request_at - time.monotonic(), self.limits.weight_wait_s(time.time())
+                self._next_request_at - time.monotonic(), self.limits.weight_wait_s(self._wall_s())
             )
             if delay > 0:
                 await asyncio.sleep(delay)
@@ -138,7 +141,9 @@ class RestBackfill:
                     retry_after = response.headers.get("Retry-After")
                     weight = self.limits.weight
                     if weight is not None:
-                        self.limits.observe(response.headers.get(weight.used_header), time.time())
+                        self.limits.observe(
+                            response.headers.get(weight.used_header), self._wall_s()
+                        )
                         self._gauge_weight()
             except (aiohttp.ClientError, TimeoutError) as exc:
                 self._count("error")

@@ -4,8 +4,9 @@ the requests within a sliding window (REST requests, WebSocket connection reques
 
 from __future__ import annotations
 
+import time
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 
@@ -68,10 +69,12 @@ class MessageRate:
 
 class WeightPerMinute:
     """Request weight used per wall-clock minute (Binance: 6000 per IP), as the venue counts it
-    and reports it back in every answer."""
+    and reports it back in every answer. ``wall_s``: epoch seconds now (tests shift it to the
+    end of a minute, so waiting one out takes a second, not up to sixty)."""
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, wall_s: Callable[[], float] = time.time) -> None:
         self.limit = limit
+        self.wall_s = wall_s
         self.used: dict[int, int] = {}
 
     def spend(self, cost: int, epoch_s: float) -> tuple[bool, int]:

@@ -85,9 +85,9 @@ def answer(dialect: Dialect, exchange: RestExchange, path: str, query: str) -> R
         exchange.sent.rest_throttled += 1
         return dialect.rest_throttled(over)
     weighed = _weigh(exchange, path)
-    if weighed is not None and not weighed[0]:
+    if weighed is not None and not weighed[0] and exchange.weight is not None:
         exchange.sent.rest_throttled += 1
-        wait = str(60 - int(time.time()) % 60)
+        wait = str(60 - int(exchange.weight.wall_s()) % 60)
         return replace(dialect.rest_throttled(429), headers={"Retry-After": wait, **weighed[1]})
     headers = {} if weighed is None else weighed[1]
     if route.throttled:
@@ -116,7 +116,9 @@ def _weigh(exchange: RestExchange, path: str) -> tuple[bool, dict[str, str]] | N
     rules = exchange.rules
     if rules.request_weights is None or exchange.weight is None:
         return None
-    allowed, used = exchange.weight.spend(rules.request_weights.get(path, 1), time.time())
+    allowed, used = exchange.weight.spend(
+        rules.request_weights.get(path, 1), exchange.weight.wall_s()
+    )
     return allowed, {rules.weight_header: str(used)}
 
 

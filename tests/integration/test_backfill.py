@@ -236,3 +236,29 @@ async def test_the_weight_the_host_reports_is_shared_by_every_task_and_holds_req
         # the next request would pass 3,000: every task of the process waits for the next minute
         wait = backfill.limits.weight_wait_s(time.time())
         assert 0 < wait <= 60
+
+
+async def test_a_spent_weight_minute_is_waited_out_and_the_backfill_goes_on(
+    session: aiohttp.ClientSession,
+) -> None:
+    # both sides see a wall clock shifted to 1.5 s before a minute ends, so the wait is short
+    offset = 58.5 - time.time() % 60
+
+    def wall_s() -> float:
+        return time.time() + offset
+
+    async with rest_replay(session, live_from=50, minutes=100, wall_s=wall_s) as rest:
+        backfill, server = rest.backfill, rest.server
+        assert server.weight is not None
+        server.weight.wall_s = wall_s
+        spent = int(wall_s() // 60)
+        server.weight.used = {spent: 2997}  # others on this IP spent this process's half
+        await backfill.fetch(SYMBOL, rest.at(0), rest.at(10))
+        assert backfill.limits.used_weight == 2999
+        bars = await backfill.fetch(SYMBOL, rest.at(10), rest.at(20))
+        # the request waited for the next minute: the venue counted it there, from nothing
+        assert int(wall_s() // 60) > spent
+        assert backfill.limits.used_weight == 2
+        assert server.weight.used == {spent + 1: 2}
+        assert server.sent.rest_throttled == 0
+    assert comparable(bars) == kline_values(rest.source, rest.at(10), rest.at(20))
